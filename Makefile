@@ -1,0 +1,19 @@
+# voicepipe: `make run` serves calls, `make test` runs the tests; both set up first (idempotent).
+VENV := .venv
+
+.PHONY: setup run test bench clean
+
+setup:
+	./scripts/setup.sh
+
+run: setup
+	$(VENV)/bin/voicepipe serve
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+bench: setup
+	$(VENV)/bin/python scripts/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,171 @@
+"""Settings from environment variables and a .env file; bad values fail at start-up naming the setting."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+from voicepipe.turn import TurnSettings
+
+LANGUAGES = ("en", "es")
+
+DEFAULT_SYSTEM_PROMPTS = {
+    "en": (
+        "You are a friendly assistant on a phone call. Answer in one or two short spoken sentences. "
+        "Use plain words: no lists, no markdown, no emoji."
+    ),
+    "es": (
+        "Eres un asistente amable en una llamada telefónica. Responde en español con una o dos frases "
+        "cortas y habladas. Usa palabras sencillas: sin listas, sin markdown, sin emojis."
+    ),
+}
+DEFAULT_GREETINGS = {
+    "en": "Hello! How can I help you today?",
+    "es": "¡Hola! ¿En qué puedo ayudarle hoy?",
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a value voicepipe cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Names kept from the original Flask version, so existing .env files still work.
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_phone_number: str = ""
+    to_phone_number: str = ""
+    openai_api_key: str = ""
+    webhook_url: str = ""
+    # voicepipe's own settings (VOICEPIPE_*).
+    host: str = "127.0.0.1"
+    port: int = 5000
+    models_dir: Path = Path("models")
+    stt_model: str = "whisper-tiny.en"
+    llm_model: str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
+    tts_voice: str = "piper-en_US-joe-medium/en_US-joe-medium.onnx"
+    language: str = "en"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPTS["en"]
+    greeting: str = DEFAULT_GREETINGS["en"]
+    llm_context: int = 2048
+    llm_max_tokens: int = 120
+    llm_temperature: float = 0.4
+    llm_threads: int = 0  # 0: llama.cpp's own choice
+    stt_threads: int = 0
+    turn: TurnSettings = field(default_factory=TurnSettings)
+    log_level: str = "INFO"
+
+    def model_path(self, name: str) -> Path:
+        path = Path(name)
+        return path if path.is_absolute() else self.models_dir / path
+
+    @property
+    def stt_model_path(self) -> Path:
+        return self.model_path(self.stt_model)
+
+    @property
+    def llm_model_path(self) -> Path:
+        return self.model_path(self.llm_model)
+
+    @property
+    def tts_voice_path(self) -> Path:
+        return self.model_path(self.tts_voice)
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
+    return value
+
+
+def _language(raw: str) -> str:
+    # Region variants like es-MX or en-US (as the original system used) select the base language.
+    base = raw.strip().replace("_", "-").split("-")[0].lower() or "en"
+    if base not in LANGUAGES:
+        raise ConfigError(f"VOICEPIPE_LANGUAGE={raw!r} is not supported (use one of: {', '.join(LANGUAGES)})")
+    return base
+
+
+def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
+    """Read settings: real environment variables win over the .env file."""
+    env: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        env.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    env.update(os.environ if environ is None else environ)
+
+    webhook_url = env.get("WEBHOOK_URL", "").strip().rstrip("/")
+    if webhook_url:
+        parts = urlsplit(webhook_url)
+        if parts.scheme != "https" or not parts.netloc:
+            raise ConfigError(f"WEBHOOK_URL={webhook_url!r} must be the public https:// base URL of your tunnel")
+        if parts.query or parts.fragment:
+            raise ConfigError("WEBHOOK_URL must not carry a query string or fragment")
+    language = _language(env.get("VOICEPIPE_LANGUAGE", "en"))
+    log_level = env.get("VOICEPIPE_LOG_LEVEL", "INFO").strip().upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(f"VOICEPIPE_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+
+    pause_ms = _int(env, "VOICEPIPE_PAUSE_MS", TurnSettings.pause_ms, 60, 5000)
+    end_of_turn_ms = _int(env, "VOICEPIPE_END_OF_TURN_MS", TurnSettings.end_of_turn_ms, 100, 5000)
+    if pause_ms > end_of_turn_ms:
+        raise ConfigError(
+            f"VOICEPIPE_PAUSE_MS={pause_ms} must not exceed VOICEPIPE_END_OF_TURN_MS={end_of_turn_ms}"
+        )
+    turn = TurnSettings(
+        vad_aggressiveness=_int(env, "VOICEPIPE_VAD_AGGRESSIVENESS", TurnSettings.vad_aggressiveness, 0, 3),
+        speech_start_ms=_int(env, "VOICEPIPE_SPEECH_START_MS", TurnSettings.speech_start_ms, 20, 1000),
+        pause_ms=pause_ms,
+        end_of_turn_ms=end_of_turn_ms,
+        min_utterance_ms=_int(env, "VOICEPIPE_MIN_UTTERANCE_MS", TurnSettings.min_utterance_ms, 0, 5000),
+        min_level_dbfs=_float(env, "VOICEPIPE_MIN_LEVEL_DBFS", TurnSettings.min_level_dbfs, -96.0, 0.0),
+    )
+    return Settings(
+        twilio_account_sid=env.get("TWILIO_ACCOUNT_SID", "").strip(),
+        twilio_auth_token=env.get("TWILIO_AUTH_TOKEN", "").strip(),
+        twilio_phone_number=env.get("TWILIO_PHONE_NUMBER", "").strip(),
+        to_phone_number=env.get("TO_PHONE_NUMBER", "").strip(),
+        openai_api_key=env.get("OPENAI_API_KEY", "").strip(),
+        webhook_url=webhook_url,
+        host=env.get("VOICEPIPE_HOST", "127.0.0.1").strip(),
+        port=_int(env, "VOICEPIPE_PORT", 5000, 0, 65535),
+        models_dir=Path(env.get("VOICEPIPE_MODELS_DIR", "models").strip() or "models"),
+        stt_model=env.get("VOICEPIPE_STT_MODEL", Settings.stt_model).strip() or Settings.stt_model,
+        llm_model=env.get("VOICEPIPE_LLM_MODEL", Settings.llm_model).strip() or Settings.llm_model,
+        tts_voice=env.get("VOICEPIPE_TTS_VOICE", Settings.tts_voice).strip() or Settings.tts_voice,
+        language=language,
+        system_prompt=env.get("VOICEPIPE_SYSTEM_PROMPT", "").strip() or DEFAULT_SYSTEM_PROMPTS[language],
+        greeting=env.get("VOICEPIPE_GREETING", "").strip() or DEFAULT_GREETINGS[language],
+        llm_context=_int(env, "VOICEPIPE_LLM_CONTEXT", Settings.llm_context, 256, 131072),
+        llm_max_tokens=_int(env, "VOICEPIPE_LLM_MAX_TOKENS", Settings.llm_max_tokens, 8, 4096),
+        llm_temperature=_float(env, "VOICEPIPE_LLM_TEMPERATURE", Settings.llm_temperature, 0.0, 2.0),
+        llm_threads=_int(env, "VOICEPIPE_LLM_THREADS", 0, 0, 256),
+        stt_threads=_int(env, "VOICEPIPE_STT_THREADS", 0, 0, 256),
+        turn=turn,
+        log_level=log_level,
+    )

@@ -1,0 +1,91 @@
+"""Load the three models once per process, check their files first, and warm them up before the first call."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from voicepipe.config import Settings
+from voicepipe.llm import ChatBackend, LlamaChat
+from voicepipe.stt import Transcriber, WhisperTranscriber
+from voicepipe.tts import PiperSynthesizer, Synthesizer
+
+log = logging.getLogger(__name__)
+
+FETCH_HINT = "python scripts/download_models.py"
+
+
+class ModelFileError(RuntimeError):
+    """A model file is missing or unreadable; the message names it and the command that fetches it."""
+
+
+@dataclass
+class Models:
+    transcriber: Transcriber
+    chat: ChatBackend
+    synthesizer: Synthesizer
+    load_seconds: dict[str, float]
+
+
+def _require(path: Path, setting: str, what: str) -> None:
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        raise ModelFileError(f"{what} not found: {path} (from {setting}). Fetch the models with: {FETCH_HINT}")
+
+
+def check_model_files(settings: Settings) -> None:
+    stt = settings.stt_model_path
+    _require(stt, "VOICEPIPE_STT_MODEL", "whisper model directory")
+    for name in ("model.bin", "config.json", "tokenizer.json"):
+        _require(stt / name, "VOICEPIPE_STT_MODEL", "whisper model file")
+    _require(settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
+    _require(settings.tts_voice_path, "VOICEPIPE_TTS_VOICE", "Piper voice")
+    _require(Path(f"{settings.tts_voice_path}.json"), "VOICEPIPE_TTS_VOICE", "Piper voice config")
+
+
+def load_models(settings: Settings) -> Models:
+    """Blocking: loads and warms every model. Call from a worker thread inside a server."""
+    check_model_files(settings)
+    seconds: dict[str, float] = {}
+
+    started = time.perf_counter()
+    try:
+        transcriber = WhisperTranscriber(
+            settings.stt_model_path, settings.language, cpu_threads=settings.stt_threads
+        )
+    except RuntimeError as exc:
+        raise ModelFileError(f"cannot load whisper model {settings.stt_model_path}: {exc}. Re-fetch: {FETCH_HINT}")
+    transcriber.transcribe(np.zeros(8000, dtype=np.int16))  # first encode allocates buffers
+    seconds["stt"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    try:
+        chat = LlamaChat(
+            settings.llm_model_path,
+            n_ctx=settings.llm_context,
+            n_threads=settings.llm_threads or None,
+            max_tokens=settings.llm_max_tokens,
+            temperature=settings.llm_temperature,
+        )
+    except ValueError as exc:  # llama-cpp-python raises ValueError for unreadable GGUF files
+        raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. Re-fetch: {FETCH_HINT}")
+    # Evaluating the system prompt now puts its KV prefix in the cache before the first caller speaks.
+    chat.model.create_chat_completion(
+        messages=[{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": "Hi"}],
+        max_tokens=1,
+    )
+    seconds["llm"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    try:
+        synthesizer = PiperSynthesizer(settings.tts_voice_path)
+    except Exception as exc:  # onnxruntime raises its own exception types for a corrupt file
+        raise ModelFileError(f"cannot load Piper voice {settings.tts_voice_path}: {exc}. Re-fetch: {FETCH_HINT}")
+    synthesizer.synthesize("Hello.")
+    seconds["tts"] = time.perf_counter() - started
+
+    log.info("models loaded and warm: %s", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
+    return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, load_seconds=seconds)

@@ -1,0 +1,200 @@
+"""The aiohttp server: Twilio webhooks (/voice, /status), the Media Streams socket (/media), /healthz, /stats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from aiohttp import WSCloseCode, WSMsgType, web
+from twilio.twiml.voice_response import Connect, VoiceResponse
+
+from voicepipe.call import CallSession, TurnTimings, prepare_speech
+from voicepipe.config import Settings
+from voicepipe.logs import call_sid_var
+from voicepipe.models import Models, load_models
+from voicepipe.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+MODELS = web.AppKey("models", Models)
+GREETING = web.AppKey("greeting", bytes)
+CALL_TOKENS = web.AppKey("call_tokens", dict)  # token -> (CallSid, issued at)
+SESSIONS = web.AppKey("sessions", set)
+SOCKETS = web.AppKey("sockets", set)
+TURN_STATS = web.AppKey("turn_stats", deque)
+# Callbacks run with each finished CallSession (its history included): call records and tests use it.
+CALL_ENDED = web.AppKey("call_ended", list)
+
+TOKEN_PARAMETER = "voicepipe_token"
+TOKEN_TTL_SECONDS = 300.0  # a /voice answer must open its stream within this time
+MAX_WS_MESSAGE_BYTES = 64 * 1024
+
+
+def stream_url(request: web.Request, settings: Settings) -> str:
+    """The wss:// URL Twilio should open: on the tunnel's public host when WEBHOOK_URL is set."""
+    if settings.webhook_url:
+        parts = urlsplit(settings.webhook_url)
+        return f"wss://{parts.netloc}{parts.path}/media"
+    return f"wss://{request.host}/media"
+
+
+async def voice(request: web.Request) -> web.Response:
+    form = await request.post()
+    call_sid = str(form.get("CallSid", ""))
+    tokens: dict[str, tuple[str, float]] = request.app[CALL_TOKENS]
+    now = time.monotonic()
+    for stale in [t for t, (_, issued) in tokens.items() if now - issued > TOKEN_TTL_SECONDS]:
+        del tokens[stale]
+    token = secrets.token_urlsafe(18)
+    tokens[token] = (call_sid, now)
+    response = VoiceResponse()
+    connect = Connect()
+    stream = connect.stream(url=stream_url(request, request.app[SETTINGS]))
+    stream.parameter(name=TOKEN_PARAMETER, value=token)
+    response.append(connect)
+    log.info("incoming call %s: connecting media stream", call_sid or "(no CallSid)")
+    return web.Response(text=str(response), content_type="application/xml")
+
+
+async def status(request: web.Request) -> web.Response:
+    form = await request.post()
+    log.info("call %s status %s", form.get("CallSid", "?"), form.get("CallStatus", "?"))
+    return web.Response(status=204)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    models = request.app[MODELS]
+    return web.json_response(
+        {
+            "status": "ok",
+            "active_calls": len(request.app[SESSIONS]),
+            "model_load_seconds": {k: round(v, 3) for k, v in models.load_seconds.items()},
+        }
+    )
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Recent per-turn timings (numbers only, no content), newest last; ?call_sid= filters."""
+    call_sid = request.query.get("call_sid")
+    turns = [t.as_dict() for t in request.app[TURN_STATS] if call_sid is None or t.call_sid == call_sid]
+    return web.json_response({"turns": turns})
+
+
+async def media(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_WS_MESSAGE_BYTES)
+    await ws.prepare(request)
+    app = request.app
+    app[SOCKETS].add(ws)
+    session: CallSession | None = None
+
+    async def send(text: str) -> None:
+        if not ws.closed:
+            await ws.send_str(text)
+
+    async def reject(reason: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
+        log.warning("closing media stream: %s", reason)
+        await ws.close(code=code, message=reason.encode()[:120])
+
+    try:
+        async for message in ws:
+            if message.type == WSMsgType.BINARY:
+                await reject("binary frames are not part of the Media Streams protocol", WSCloseCode.UNSUPPORTED_DATA)
+                break
+            if message.type != WSMsgType.TEXT:
+                break
+            try:
+                event = parse_event(message.data)
+            except ProtocolError as exc:
+                await reject(f"protocol error: {exc}", WSCloseCode.UNSUPPORTED_DATA)
+                break
+            if event is None or isinstance(event, Connected):
+                continue
+            if isinstance(event, Start):
+                if session is not None:
+                    await reject("a second start on one stream")
+                    break
+                issued = app[CALL_TOKENS].pop(event.custom_parameters.get(TOKEN_PARAMETER, ""), None)
+                if issued is None:
+                    await reject("start without a valid call token from /voice")
+                    break
+                call_sid_var.set(event.call_sid)
+                session = CallSession(
+                    app[SETTINGS],
+                    app[MODELS],
+                    call_sid=event.call_sid,
+                    stream_sid=event.stream_sid,
+                    send=send,
+                    greeting=app[GREETING],
+                    on_turn=app[TURN_STATS].append,
+                )
+                app[SESSIONS].add(session)
+                log.info("call started (stream %s)", event.stream_sid)
+                await session.begin()
+                continue
+            if session is None:
+                await reject(f"{type(event).__name__.lower()} before start")
+                break
+            if event.stream_sid != session.stream_sid:
+                await reject("streamSid does not match this stream")
+                break
+            if isinstance(event, Media):
+                await session.handle_media(event)
+            elif isinstance(event, Mark):
+                session.handle_mark(event.name)
+            elif isinstance(event, Dtmf):
+                session.handle_dtmf(event.digit)
+            elif isinstance(event, Stop):
+                log.info("call stopped by Twilio")
+                break
+    finally:
+        app[SOCKETS].discard(ws)
+        if session is not None:
+            app[SESSIONS].discard(session)
+            await session.close()
+            log.info("call ended")
+            for observer in app[CALL_ENDED]:
+                observer(session)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for ws in list(app[SOCKETS]):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+def create_app(settings: Settings, models: Models | None = None) -> web.Application:
+    """Build the app; without `models`, they are loaded (and warmed) before the server accepts calls."""
+    app = web.Application(client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    app[CALL_TOKENS] = {}
+    app[SESSIONS] = set()
+    app[SOCKETS] = set()
+    app[TURN_STATS] = deque(maxlen=1000)
+    app[CALL_ENDED] = []
+
+    async def models_ctx(app: web.Application) -> AsyncIterator[None]:
+        loaded = models if models is not None else await asyncio.to_thread(load_models, settings)
+        app[MODELS] = loaded
+        app[GREETING] = await asyncio.to_thread(prepare_speech, loaded, settings.greeting)
+        yield
+
+    app.cleanup_ctx.append(models_ctx)
+    app.on_shutdown.append(_close_sockets)
+    app.router.add_post("/voice", voice)
+    app.router.add_post("/status", status)
+    app.router.add_get("/media", media)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/stats", stats)
+    return app
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
