@@ -115,7 +115,9 @@ class TurnDetector:
                 self._utterance = list(self._preroll)
                 self._preroll.clear()
                 self._last_voiced_ms = self._clock_ms
-                self._speech_start_ms = self._clock_ms - len(self._utterance) * FRAME_MS
+                # The onset is the first voiced frame in the window, not the start of the pre-roll.
+                frames_since_onset = len(self._recent) - list(self._recent).index(True)
+                self._speech_start_ms = self._clock_ms - frames_since_onset * FRAME_MS
                 return SpeechStarted(at_ms=self._speech_start_ms)
             return None
 

@@ -1,0 +1,74 @@
+"""Shared fixtures: real speech clips and, for end-to-end tests, the real models loaded once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voicepipe.simulate import load_audio_8k
+
+FIXTURES = Path(__file__).parent / "fixtures"
+JFK_TRANSCRIPT = (
+    "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+)
+
+
+@pytest.fixture(scope="session")
+def jfk_8k() -> np.ndarray:
+    return load_audio_8k(FIXTURES / "jfk.flac")
+
+
+def words(text: str) -> list[str]:
+    return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    ref, hyp = words(reference), words(hypothesis)
+    distance = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        previous, distance[0] = distance[0], i
+        for j, h in enumerate(hyp, 1):
+            previous, distance[j] = distance[j], min(distance[j] + 1, distance[j - 1] + 1, previous + (r != h))
+    return distance[len(hyp)] / max(1, len(ref))
+
+
+@pytest.fixture(scope="session")
+def base_settings():  # type: ignore[no-untyped-def]
+    from voicepipe.config import load_settings
+
+    return load_settings({"VOICEPIPE_MODELS_DIR": str(Path(__file__).parent.parent / "models")}, env_file=None)
+
+
+@pytest.fixture(scope="session")
+def models(base_settings):  # type: ignore[no-untyped-def]
+    """The real default models (fetched by `make setup`), loaded once for all end-to-end tests."""
+    from voicepipe.models import load_models
+
+    return load_models(base_settings)
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory, models) -> Path:  # type: ignore[no-untyped-def]
+    """Caller utterances spoken by the real Piper voice, as 22.05 kHz WAV files."""
+    import soundfile
+
+    directory = tmp_path_factory.mktemp("speech")
+    rate = models.synthesizer.sample_rate
+    lead = np.zeros(int(0.3 * rate), dtype=np.int16)
+    phrases = {
+        "capital": "What is the capital of France?",
+        "colour": "What colour is the sky on a clear day?",
+        "thanks": "Thank you very much.",
+        "first_half": "Could you tell me",
+        "second_half": "what the weather is like in Paris?",
+    }
+    for name, text in phrases.items():
+        soundfile.write(directory / f"{name}.wav", np.concatenate([lead, models.synthesizer.synthesize(text)]), rate)
+    # One utterance with a 400 ms hesitation inside: longer than the pause, shorter than the end of turn.
+    first, _ = soundfile.read(directory / "first_half.wav", dtype="int16")
+    second, _ = soundfile.read(directory / "second_half.wav", dtype="int16")
+    gap = np.zeros(int(0.4 * rate), dtype=np.int16)
+    soundfile.write(directory / "hesitant.wav", np.concatenate([first, gap, second[len(lead):]]), rate)
+    return directory

@@ -1,0 +1,137 @@
+"""End to end: the real server on a real port, the real models, and a simulated Twilio on a real WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.conftest import FIXTURES, JFK_TRANSCRIPT, word_error_rate, words
+from voicepipe.call import CallSession
+from voicepipe.config import Settings
+from voicepipe.models import Models
+from voicepipe.server import CALL_ENDED, create_app
+from voicepipe.simulate import simulate_call
+
+pytestmark = pytest.mark.models
+
+
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, models: Models) -> AsyncIterator[tuple[str, list[CallSession]]]:
+    """Run the app on a free loopback port; yields its URL and the sessions of calls that have ended."""
+    app = create_app(settings, models)
+    ended: list[CallSession] = []
+    app[CALL_ENDED].append(ended.append)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}", ended
+    finally:
+        await runner.cleanup()
+
+
+def with_turn(settings: Settings, **changes: int) -> Settings:
+    return dataclasses.replace(settings, turn=dataclasses.replace(settings.turn, **changes))
+
+
+async def wait_for(ended: list[CallSession], count: int = 1) -> None:
+    for _ in range(100):
+        if len(ended) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the server never finished the call")
+
+
+def user_turns(session: CallSession) -> list[str]:
+    return [m["content"] for m in session.history if m["role"] == "user"]
+
+
+async def test_call_answers_the_fixture_sentence(base_settings: Settings, models: Models) -> None:
+    # JFK pauses ~1 s between phrases; a 1.5 s end of turn keeps his sentence one turn.
+    settings = with_turn(base_settings, end_of_turn_ms=1500)
+    async with serving(settings, models) as (url, ended):
+        result = await simulate_call(url, [FIXTURES / "jfk.flac"])
+        await wait_for(ended)
+    assert result.greeting_audio.size > 8000  # the greeting was spoken (over a second of audio)
+    (turn,) = result.turns
+    assert turn.voice_to_voice is not None and turn.voice_to_voice > 0
+    assert turn.reply_seconds > 0.3
+    assert "t1s1" in turn.marks  # a mark per sentence, echoed once played
+    (said,) = user_turns(ended[0])
+    assert word_error_rate(JFK_TRANSCRIPT, said) < 0.2, said
+    heard = models.transcriber.transcribe(turn.reply_audio).text
+    assert len(words(heard)) >= 2, heard
+    assert ended[0].history[-1]["role"] == "assistant"
+
+
+async def test_conversation_keeps_its_context_across_turns(
+    base_settings: Settings, models: Models, speech_dir: Path
+) -> None:
+    async with serving(base_settings, models) as (url, ended):
+        result = await simulate_call(url, [speech_dir / "capital.wav", speech_dir / "colour.wav"])
+        await wait_for(ended)
+    assert all(t.voice_to_voice is not None and t.reply_seconds > 0.3 for t in result.turns)
+    history = ended[0].history
+    assert [m["role"] for m in history] == ["system", "assistant", "user", "assistant", "user", "assistant"]
+    first, second = user_turns(ended[0])
+    assert {"capital", "france"} <= set(words(first))
+    assert {"colour", "sky"} <= set(words(second)) or {"color", "sky"} <= set(words(second))
+
+
+async def test_a_hesitation_is_not_the_end_of_the_turn(
+    base_settings: Settings, models: Models, speech_dir: Path
+) -> None:
+    # The 400 ms gap starts a speculative reply (pause 200 ms) that must be thrown away when speech resumes.
+    settings = with_turn(base_settings, pause_ms=200, end_of_turn_ms=700)
+    async with serving(settings, models) as (url, ended):
+        result = await simulate_call(url, [speech_dir / "hesitant.wav"])
+        await wait_for(ended)
+    (said,) = user_turns(ended[0])
+    assert {"tell", "weather", "paris"} <= set(words(said)), said
+    (turn,) = result.turns
+    assert turn.voice_to_voice is not None and turn.voice_to_voice > 0  # nothing was sent during the gap
+    assert [m["role"] for m in ended[0].history].count("assistant") == 2  # greeting + one reply
+
+
+async def test_webhooks_and_health(base_settings: Settings, models: Models) -> None:
+    settings = dataclasses.replace(base_settings, webhook_url="https://example.ngrok.app")
+    async with serving(settings, models) as (url, _), aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/voice", data={"CallSid": "CA1"}) as response:
+            twiml = await response.text()
+            assert response.content_type == "application/xml"
+        assert '<Stream url="wss://example.ngrok.app/media">' in twiml
+        assert '<Parameter name="voicepipe_token" value="' in twiml
+        async with http.post(f"{url}/status", data={"CallSid": "CA1", "CallStatus": "ringing"}) as response:
+            assert response.status == 204
+        async with http.get(f"{url}/healthz") as response:
+            assert response.status == 200
+            assert (await response.json())["status"] == "ok"
+
+
+async def test_a_broken_stream_ends_alone(base_settings: Settings, models: Models, speech_dir: Path) -> None:
+    async with serving(base_settings, models) as (url, ended), aiohttp.ClientSession() as http:
+        call = asyncio.create_task(simulate_call(url, [speech_dir / "thanks.wav"]))
+        closes = []
+        for frames in (["{not json"], [json.dumps({"event": "media", "streamSid": "MZ9", "media": {"payload": "/w=="}})],
+                       [json.dumps({"event": "start", "streamSid": "MZ9", "start": {
+                           "streamSid": "MZ9", "callSid": "CA9", "customParameters": {"voicepipe_token": "forged"}}})]):
+            async with http.ws_connect(f"{url.replace('http', 'ws')}/media") as ws:
+                for frame in frames:
+                    await ws.send_str(frame)
+                message = await ws.receive(timeout=5)
+                assert message.type == aiohttp.WSMsgType.CLOSE
+                closes.append(ws.close_code)
+        result = await call
+        await wait_for(ended)
+    assert closes == [1003, 1008, 1008]
+    assert result.turns[0].voice_to_voice is not None and result.turns[0].reply_seconds > 0.3

@@ -1,0 +1,44 @@
+from voicepipe.chunker import SentenceChunker, clean_for_speech
+
+
+def run(deltas: list[str]) -> list[str]:
+    chunker = SentenceChunker()
+    pieces = [piece for delta in deltas for piece in chunker.push(delta)]
+    return pieces + list(chunker.flush())
+
+
+def test_sentences_are_released_as_soon_as_they_end() -> None:
+    chunker = SentenceChunker()
+    assert list(chunker.push("Hello there")) == []
+    assert list(chunker.push("! How are")) == ["Hello there!"]
+    assert list(chunker.push(" you? I am")) == ["How are you?"]
+    assert list(chunker.flush()) == ["I am"]
+
+
+def test_token_by_token_stream() -> None:
+    text = "Paris is the capital of France. It is on the Seine! Anything else?"
+    assert run(list(text)) == ["Paris is the capital of France.", "It is on the Seine!", "Anything else?"]
+
+
+def test_abbreviations_and_list_numbers_do_not_split() -> None:
+    assert run(["Dr. Smith lives on Main St. in town. Yes."]) == ["Dr. Smith lives on Main St. in town.", "Yes."]
+    assert run(["1. Open the app. 2. Tap call."]) == ["1. Open the app.", "2. Tap call."]
+
+
+def test_decimal_numbers_do_not_split() -> None:
+    assert run(["It costs 3.50 dollars. Okay."]) == ["It costs 3.50 dollars.", "Okay."]
+
+
+def test_first_clause_goes_early_but_later_ones_wait_for_more_words() -> None:
+    pieces = run(["Well, let me think about that, because it is tricky, and then I will answer, okay."])
+    assert pieces[0] == "Well, let me think about that,"
+    assert pieces[1:] == ["because it is tricky, and then I will answer, okay."]
+
+
+def test_spanish_punctuation() -> None:
+    assert run(["¡Hola! ¿Cómo está usted? Bien."]) == ["¡Hola!", "¿Cómo está usted?", "Bien."]
+
+
+def test_markup_is_not_spoken() -> None:
+    assert clean_for_speech("**Bold** and `code` 😀 # title") == "Bold and code title"
+    assert run(["* item one\n* item two"]) == ["item one item two"]

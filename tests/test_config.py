@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+
+from voicepipe.config import DEFAULT_GREETINGS, ConfigError, load_settings
+
+
+def test_defaults() -> None:
+    settings = load_settings({}, env_file=None)
+    assert (settings.host, settings.port, settings.language) == ("127.0.0.1", 5000, "en")
+    assert settings.stt_model_path == Path("models/whisper-tiny.en")
+    assert settings.greeting == DEFAULT_GREETINGS["en"]
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("TWILIO_ACCOUNT_SID=ACfile\nWEBHOOK_URL=https://abc.ngrok.app/\nVOICEPIPE_PORT=6000\n")
+    settings = load_settings({"VOICEPIPE_PORT": "7000"}, env_file=env_file)
+    assert settings.twilio_account_sid == "ACfile"
+    assert settings.webhook_url == "https://abc.ngrok.app"
+    assert settings.port == 7000
+
+
+def test_language_variants_select_defaults() -> None:
+    settings = load_settings({"VOICEPIPE_LANGUAGE": "es-MX"}, env_file=None)
+    assert settings.language == "es"
+    assert settings.greeting == DEFAULT_GREETINGS["es"]
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"VOICEPIPE_PORT": "http"}, "VOICEPIPE_PORT"),
+        ({"VOICEPIPE_PORT": "70000"}, "VOICEPIPE_PORT"),
+        ({"WEBHOOK_URL": "http://insecure.example"}, "WEBHOOK_URL"),
+        ({"WEBHOOK_URL": "https://x.example/?a=1"}, "WEBHOOK_URL"),
+        ({"VOICEPIPE_LANGUAGE": "fr"}, "VOICEPIPE_LANGUAGE"),
+        ({"VOICEPIPE_VAD_AGGRESSIVENESS": "4"}, "VOICEPIPE_VAD_AGGRESSIVENESS"),
+        ({"VOICEPIPE_PAUSE_MS": "900", "VOICEPIPE_END_OF_TURN_MS": "500"}, "VOICEPIPE_PAUSE_MS"),
+        ({"VOICEPIPE_LLM_TEMPERATURE": "hot"}, "VOICEPIPE_LLM_TEMPERATURE"),
+        ({"VOICEPIPE_LOG_LEVEL": "LOUD"}, "VOICEPIPE_LOG_LEVEL"),
+    ],
+)
+def test_bad_values_name_the_setting(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env, env_file=None)

@@ -1,0 +1,61 @@
+import numpy as np
+
+from voicepipe.turn import FRAME_SAMPLES, Paused, SpeechResumed, SpeechStarted, TurnDetector, TurnEnded, TurnSettings
+
+RATE = 8000
+
+
+def feed_all(detector: TurnDetector, audio: np.ndarray, chunk: int = FRAME_SAMPLES) -> list[object]:
+    events: list[object] = []
+    for start in range(0, len(audio), chunk):
+        events += detector.feed(audio[start : start + chunk])
+    return events
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(RATE * seconds), dtype=np.int16)
+
+
+def test_jfk_is_one_turn_with_a_long_end_of_turn(jfk_8k: np.ndarray) -> None:
+    detector = TurnDetector(TurnSettings(end_of_turn_ms=1500))
+    events = feed_all(detector, np.concatenate([jfk_8k, silence(2.0)]))
+    ended = [e for e in events if isinstance(e, TurnEnded)]
+    assert len(ended) == 1
+    assert isinstance(events[0], SpeechStarted)
+    # JFK pauses ~1 s between phrases: each pause is announced, and resumed from.
+    assert sum(isinstance(e, Paused) for e in events) == sum(isinstance(e, SpeechResumed) for e in events) + 1
+    # The turn holds all the speech (from the pre-roll to the end-of-turn silence).
+    assert len(ended[0].audio) >= len(jfk_8k) - RATE
+    assert 10_000 <= ended[0].speech_end_ms <= 11_000
+
+
+def test_short_end_of_turn_splits_at_the_pauses(jfk_8k: np.ndarray) -> None:
+    events = feed_all(TurnDetector(TurnSettings(end_of_turn_ms=550)), np.concatenate([jfk_8k, silence(1.0)]))
+    assert sum(isinstance(e, TurnEnded) for e in events) >= 3
+
+
+def test_decisions_do_not_depend_on_chunk_size(jfk_8k: np.ndarray) -> None:
+    audio = np.concatenate([jfk_8k, silence(1.0)])
+    def summary(chunk: int) -> list[tuple[str, int]]:
+        return [(type(e).__name__, getattr(e, "speech_end_ms", getattr(e, "at_ms", 0)))
+                for e in feed_all(TurnDetector(), audio, chunk)]
+    assert summary(160) == summary(4000) == summary(333)
+
+
+def test_silence_and_quiet_noise_make_no_turn() -> None:
+    rng = np.random.default_rng(1)
+    quiet_noise = (rng.standard_normal(RATE * 3) * 30).astype(np.int16)  # about -61 dBFS: line hiss
+    for audio in (silence(3.0), quiet_noise):
+        assert feed_all(TurnDetector(), audio) == []
+
+
+def test_a_click_is_not_a_turn(jfk_8k: np.ndarray) -> None:
+    click = jfk_8k[int(0.5 * RATE) : int(0.65 * RATE)]  # 150 ms of speech-like sound
+    events = feed_all(TurnDetector(TurnSettings(speech_start_ms=60)), np.concatenate([silence(0.5), click, silence(1.5)]))
+    assert not any(isinstance(e, TurnEnded) for e in events)
+
+
+def test_a_monologue_is_cut_at_the_maximum(jfk_8k: np.ndarray) -> None:
+    detector = TurnDetector(TurnSettings(max_utterance_ms=3000, end_of_turn_ms=2000))
+    ended = [e for e in feed_all(detector, jfk_8k) if isinstance(e, TurnEnded)]
+    assert ended and len(ended[0].audio) <= 3.5 * RATE
