@@ -84,8 +84,8 @@ async def test_conversation_keeps_its_context_across_turns(
     history = ended[0].history
     assert [m["role"] for m in history] == ["system", "assistant", "user", "assistant", "user", "assistant"]
     first, second = user_turns(ended[0])
-    assert {"capital", "france"} <= set(words(first))
-    assert {"colour", "sky"} <= set(words(second)) or {"color", "sky"} <= set(words(second))
+    assert word_error_rate("What is the capital of France?", first) <= 0.2, first
+    assert word_error_rate("What color is the sky on a clear day?", second) <= 0.2, second
 
 
 async def test_a_hesitation_is_not_the_end_of_the_turn(
@@ -97,7 +97,7 @@ async def test_a_hesitation_is_not_the_end_of_the_turn(
         result = await simulate_call(url, [speech_dir / "hesitant.wav"])
         await wait_for(ended)
     (said,) = user_turns(ended[0])
-    assert {"tell", "weather", "paris"} <= set(words(said)), said
+    assert word_error_rate("Could you tell me what the weather is like in Paris?", said) <= 0.2, said
     (turn,) = result.turns
     assert turn.voice_to_voice is not None and turn.voice_to_voice > 0  # nothing was sent during the gap
     assert [m["role"] for m in ended[0].history].count("assistant") == 2  # greeting + one reply
