@@ -24,15 +24,26 @@ def test_fixture_sentence(models: Models, jfk_8k: np.ndarray) -> None:
     assert result.is_speech
 
 
-@pytest.mark.parametrize("text", ["What is the capital of France?", "Thank you very much."])
-def test_short_questions_at_any_place_in_the_window(models: Models, text: str) -> None:
-    # Where the utterance sits (leading silence, trailing silence) once made short windows decode in loops.
-    speech = phone_line(models.synthesizer.synthesize(text), models.synthesizer.sample_rate)
-    for lead_ms in range(0, 400, 80):
-        for tail_ms in (200, 550, 900):
+PHRASES = [
+    "What is the capital of France?", "Thank you very much.", "Can you book a table for two at seven?",
+    "I would like to speak to a manager.", "What time do you open tomorrow?", "My order has not arrived yet.",
+    "Is there parking near the office?", "Please call me back later.", "How much does the basic plan cost?",
+    "Yes, that works for me.",
+]
+
+
+def test_short_phrases_at_any_place_in_the_window(models: Models) -> None:
+    # Where a short utterance sits in the encoder window (lead and tail silence) once made the short-window
+    # decode loop or drop words; the turn detector hands over utterances with 100-300 ms of lead-in.
+    errors = []
+    for text in PHRASES:
+        speech = phone_line(models.synthesizer.synthesize(text), models.synthesizer.sample_rate)
+        for lead_ms, tail_ms in ((0, 200), (60, 550), (140, 200), (140, 550), (300, 900)):
             clip = np.concatenate([np.zeros(lead_ms * 8, np.int16), speech, np.zeros(tail_ms * 8, np.int16)])
             heard = models.transcriber.transcribe(clip).text
-            assert word_error_rate(text, heard) <= 0.2, (lead_ms, tail_ms, heard)
+            errors.append(word_error_rate(text, heard))
+            assert errors[-1] <= 0.25, (text, lead_ms, tail_ms, heard)
+    assert np.mean(errors) <= 0.02
 
 
 def test_silence_is_not_speech(models: Models) -> None:
