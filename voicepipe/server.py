@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -94,8 +95,10 @@ async def media(request: web.Request) -> web.WebSocketResponse:
     session: CallSession | None = None
 
     async def send(text: str) -> None:
+        # A caller who hangs up mid-reply is normal: what is left of the reply has nowhere to go.
         if not ws.closed:
-            await ws.send_str(text)
+            with contextlib.suppress(ConnectionResetError):
+                await ws.send_str(text)
 
     async def reject(reason: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
         log.warning("closing media stream: %s", reason)
