@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Voice-to-voice latency: caller turns through a voicepipe server with the simulated Twilio client.
+"""Voice-to-voice latency: caller turns through voicepipe with the simulated Twilio client.
 
 Voice-to-voice = end of the caller's speech (as sent, in real time) -> first reply audio received.
-Per-stage times come from the server's /stats. Prints p50/p95; asserts nothing.
+Per-stage times come from the server's /stats; underruns are gaps inside a reply as Twilio would play it.
+Prints p50/p95 per mode and number of simultaneous calls; asserts nothing.
 
-  python scripts/bench.py                     # in-process server, 10 turns of Piper-spoken questions
-  python scripts/bench.py --url http://127.0.0.1:5000 --turns 20
+  python scripts/bench.py                                  # 1 call, streaming+speculative vs naive
+  python scripts/bench.py --calls 1,2,4,8 --turns 3        # simultaneous calls
+  python scripts/bench.py --url http://127.0.0.1:5000      # a running server (its own mode only)
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -24,8 +28,9 @@ import soundfile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from voicepipe.cli import running_server  # noqa: E402
-from voicepipe.config import load_settings  # noqa: E402
+from voicepipe.config import Settings, load_settings  # noqa: E402
 from voicepipe.logs import setup_logging  # noqa: E402
+from voicepipe.models import Models, load_models  # noqa: E402
 from voicepipe.simulate import simulate_call  # noqa: E402
 
 QUESTIONS = [
@@ -37,65 +42,82 @@ QUESTIONS = [
 STAGES = ["vad_wait", "stt", "llm_first_token", "llm_first_sentence", "tts_first_audio", "voice_to_voice"]
 
 
-def percentiles(values: list[float]) -> str:
-    if not values:
-        return "   n/a"
-    p50, p95 = np.percentile(values, [50, 95])
-    return f"p50 {p50 * 1000:6.0f} ms   p95 {p95 * 1000:6.0f} ms   (n={len(values)})"
+def ms(values: list[float], q: float) -> str:
+    return f"{np.percentile(values, q) * 1000:6.0f}" if values else "   n/a"
 
 
-def speak_questions(directory: Path, count: int) -> list[Path]:
-    from piper import PiperVoice
-
-    settings = load_settings()
-    voice = PiperVoice.load(settings.tts_voice_path)
-    rate = voice.config.sample_rate
+def speak_questions(models: Models, directory: Path) -> list[Path]:
+    rate = models.synthesizer.sample_rate
     paths = []
-    for index in range(count):
-        audio = np.concatenate([c.audio_int16_array for c in voice.synthesize(QUESTIONS[index % len(QUESTIONS)])])
+    for index, question in enumerate(QUESTIONS):
         path = directory / f"q{index}.wav"
+        audio = models.synthesizer.synthesize(question)
         soundfile.write(path, np.concatenate([np.zeros(rate // 3, np.int16), audio]), rate)
         paths.append(path)
     return paths
 
 
-async def bench(url: str | None, turns: int, turns_per_call: int, audio: list[Path]) -> None:
+async def run_calls(base: str, calls: int, turns: int, audio: list[Path]) -> dict[str, Any]:
+    """`calls` simultaneous calls of `turns` turns each; returns latencies, underruns and server stages."""
+    scripts = [[audio[(c * turns + t) % len(audio)] for t in range(turns)] for c in range(calls)]
+    results = await asyncio.gather(*(simulate_call(base, script) for script in scripts), return_exceptions=True)
+    done = [r for r in results if not isinstance(r, BaseException)]
+    for failure in (r for r in results if isinstance(r, BaseException)):
+        print(f"  a call failed: {failure!r}", flush=True)
+    turns_done = [t for r in done for t in r.turns]
+    async with aiohttp.ClientSession() as http, http.get(f"{base}/stats") as response:
+        sids = {r.call_sid for r in done}
+        stats = [t for t in (await response.json())["turns"] if t["call_sid"] in sids]
+    return {
+        "latency": [t.voice_to_voice for t in turns_done if t.voice_to_voice is not None],
+        "unanswered": sum(t.voice_to_voice is None for t in turns_done) + turns * (calls - len(done)),
+        "underruns": sum(t.underruns for t in turns_done),
+        "stages": {s: [t[s] for t in stats if t.get(s) is not None] for s in STAGES},
+    }
+
+
+async def bench(args: argparse.Namespace) -> None:
     settings = load_settings()
-    async with contextlib.AsyncExitStack() as stack:
-        base = url or await stack.enter_async_context(running_server(settings))
-        latencies: list[float] = []
-        call_sids = []
-        for start in range(0, turns, turns_per_call):
-            clips = [audio[i % len(audio)] for i in range(start, min(turns, start + turns_per_call))]
-            result = await simulate_call(base, clips)
-            call_sids.append(result.call_sid)
-            latencies += [t.voice_to_voice for t in result.turns if t.voice_to_voice is not None]
-            missing = sum(t.voice_to_voice is None for t in result.turns)
-            print(f"call {result.call_sid[:10]}: " + ", ".join(
-                f"{t.voice_to_voice * 1000:.0f} ms" if t.voice_to_voice is not None else "no reply"
-                for t in result.turns) + (f"  ({missing} unanswered)" if missing else ""), flush=True)
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/stats") as response:
-                stats = [t for t in (await response.json())["turns"] if t["call_sid"] in call_sids]
-    print(f"\nvoice-to-voice, measured by the caller:  {percentiles(latencies)}")
-    print("per stage, measured by the server:")
-    for stage in STAGES:
-        print(f"  {stage:20s} {percentiles([t[stage] for t in stats if t.get(stage) is not None])}")
-    speculative = sum(bool(t["speculative"]) for t in stats)
-    print(f"  replies started speculatively: {speculative} of {len(stats)}")
+    settings = dataclasses.replace(settings, max_calls=max(settings.max_calls, *args.calls))
+    modes: dict[str, Settings | None] = {"server": None} if args.url else {
+        "streaming+speculative": settings,
+        **({} if args.no_naive else {"naive": dataclasses.replace(settings, speculative=False, streaming=False)}),
+    }
+    models = None if args.url else load_models(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.audio:
+            audio = args.audio
+        else:
+            voice = models or load_models(settings)
+            audio = speak_questions(voice, Path(tmp))
+        rows = []
+        for mode, mode_settings in modes.items():
+            async with contextlib.AsyncExitStack() as stack:
+                base = args.url or await stack.enter_async_context(
+                    running_server(mode_settings, models=models))  # type: ignore[arg-type]
+                for calls in args.calls:
+                    print(f"{mode}: {calls} simultaneous call(s) x {args.turns} turns ...", flush=True)
+                    rows.append((mode, calls, await run_calls(base, calls, args.turns, audio)))
+    print("\nvoice-to-voice (caller's view, ms) and per-stage p50 (server's view, ms)")
+    header = f"{'mode':22s} {'calls':>5s} {'p50':>6s} {'p95':>6s} {'n':>4s} {'miss':>4s} {'underruns':>9s}"
+    print(header + "".join(f" {s[:12]:>12s}" for s in STAGES))
+    for mode, calls, r in rows:
+        line = (f"{mode:22s} {calls:5d} {ms(r['latency'], 50)} {ms(r['latency'], 95)} {len(r['latency']):4d} "
+                f"{r['unanswered']:4d} {r['underruns']:9d}")
+        print(line + "".join(f" {ms(r['stages'][s], 50):>12s}" for s in STAGES))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("audio", nargs="*", type=Path, help="caller clips (default: questions spoken by Piper)")
-    parser.add_argument("--url", help="a running server (default: start one in this process)")
-    parser.add_argument("--turns", type=int, default=10)
-    parser.add_argument("--turns-per-call", type=int, default=5)
+    parser.add_argument("--url", help="a running server (default: start one in this process per mode)")
+    parser.add_argument("--calls", type=lambda v: [int(x) for x in v.split(",")], default=[1],
+                        help="comma-separated numbers of simultaneous calls (default 1)")
+    parser.add_argument("--turns", type=int, default=10, help="turns per call (default 10)")
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive (no speculation, no streaming) run")
     args = parser.parse_args()
     setup_logging("WARNING")
-    with tempfile.TemporaryDirectory() as tmp:
-        audio = args.audio or speak_questions(Path(tmp), min(args.turns, len(QUESTIONS)))
-        asyncio.run(bench(args.url, args.turns, args.turns_per_call, audio))
+    asyncio.run(bench(args))
     return 0
 
 

@@ -21,6 +21,7 @@ def jfk_8k() -> np.ndarray:
 
 
 def words(text: str) -> list[str]:
+    text = text.replace("'", "").replace("’", "")  # "they're" is one word, as the reference counts it
     return "".join(c.lower() if c.isalnum() or c.isspace() else " " for c in text).split()
 
 

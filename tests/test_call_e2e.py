@@ -135,3 +135,40 @@ async def test_a_broken_stream_ends_alone(base_settings: Settings, models: Model
         await wait_for(ended)
     assert closes == [1003, 1008, 1008]
     assert result.turns[0].voice_to_voice is not None and result.turns[0].reply_seconds > 0.3
+
+
+async def test_simultaneous_calls_are_all_answered_without_gaps(
+    base_settings: Settings, models: Models, speech_dir: Path
+) -> None:
+    async with serving(base_settings, models) as (url, ended):
+        results = await asyncio.gather(
+            simulate_call(url, [speech_dir / "capital.wav", speech_dir / "thanks.wav"]),
+            simulate_call(url, [speech_dir / "colour.wav", speech_dir / "thanks.wav"]),
+            simulate_call(url, [speech_dir / "thanks.wav"]),
+        )
+        await wait_for(ended, 3)
+    turns = [t for r in results for t in r.turns]
+    assert all(t.voice_to_voice is not None and t.reply_seconds > 0.3 for t in turns)
+    assert sum(t.underruns for t in turns) == 0  # no reply ran dry while it played
+    assert {len(user_turns(s)) for s in ended} == {1, 2}
+
+
+async def test_naive_mode_answers_too(base_settings: Settings, models: Models, speech_dir: Path) -> None:
+    settings = dataclasses.replace(base_settings, speculative=False, streaming=False)
+    async with serving(settings, models) as (url, ended):
+        result = await simulate_call(url, [speech_dir / "capital.wav"])
+        await wait_for(ended)
+    (turn,) = result.turns
+    assert turn.voice_to_voice is not None and turn.reply_seconds > 0.3
+    assert turn.marks == ["t1s1"]  # the whole reply went out as one piece
+
+
+async def test_calls_above_the_maximum_hear_a_busy_message(base_settings: Settings, models: Models) -> None:
+    settings = dataclasses.replace(base_settings, max_calls=1)
+    async with serving(settings, models) as (url, _), aiohttp.ClientSession() as http:
+        async with http.post(f"{url}/voice", data={"CallSid": "CA1"}) as response:
+            assert "<Connect>" in await response.text()
+        async with http.post(f"{url}/voice", data={"CallSid": "CA2"}) as response:
+            busy = await response.text()
+    assert "<Connect>" not in busy
+    assert '<Say language="en-US">Sorry, all our lines are busy' in busy and "<Hangup />" in busy

@@ -124,7 +124,7 @@ class CallSession:
         for event in events:
             if isinstance(event, SpeechStarted):
                 log.debug("speech started at %d ms", event.at_ms)
-            elif isinstance(event, Paused):
+            elif isinstance(event, Paused) and self.settings.speculative:
                 self._cancel_speculative()
                 self._speculative = self._start_reply(event.audio, event.speech_end_ms, speculative=True)
             elif isinstance(event, SpeechResumed):
@@ -227,18 +227,26 @@ class CallSession:
     async def _think(self, messages: list[Message], sentences: asyncio.Queue[str | None], timings: TurnTimings) -> None:
         started = time.perf_counter()
         chunker = SentenceChunker()
+        whole_reply: list[str] = []  # without streaming, the reply is spoken in one piece at the end
+
+        def emit(sentence: str) -> None:
+            if timings.llm_first_sentence is None:
+                timings.llm_first_sentence = time.perf_counter() - started
+            if self.settings.streaming:
+                sentences.put_nowait(sentence)
+            else:
+                whole_reply.append(sentence)
+
         try:
-            async for delta in self.models.chat.stream(messages):
+            async for delta in self.models.chat.stream(messages, key=self.call_sid):
                 if timings.llm_first_token is None:
                     timings.llm_first_token = time.perf_counter() - started
                 for sentence in chunker.push(delta):
-                    if timings.llm_first_sentence is None:
-                        timings.llm_first_sentence = time.perf_counter() - started
-                    sentences.put_nowait(sentence)
+                    emit(sentence)
             for sentence in chunker.flush():
-                if timings.llm_first_sentence is None:
-                    timings.llm_first_sentence = time.perf_counter() - started
-                sentences.put_nowait(sentence)
+                emit(sentence)
+            if whole_reply:
+                sentences.put_nowait(" ".join(whole_reply))
         finally:
             sentences.put_nowait(None)
 

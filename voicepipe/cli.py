@@ -16,17 +16,19 @@ from aiohttp import web
 
 from voicepipe.config import ConfigError, Settings, load_settings
 from voicepipe.logs import setup_logging
-from voicepipe.models import ModelFileError
+from voicepipe.models import ModelFileError, Models
 
 log = logging.getLogger("voicepipe")
 
 
 @contextlib.asynccontextmanager
-async def running_server(settings: Settings, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+async def running_server(
+    settings: Settings, host: str = "127.0.0.1", port: int = 0, models: Models | None = None
+) -> AsyncIterator[str]:
     """Start the real server in this process on a real port; yields its base URL."""
     from voicepipe.server import create_app
 
-    runner = web.AppRunner(create_app(settings), access_log=None)
+    runner = web.AppRunner(create_app(settings, models), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

@@ -24,6 +24,12 @@ DEFAULT_SYSTEM_PROMPTS = {
         "cortas y habladas. Usa palabras sencillas: sin listas, sin markdown, sin emojis."
     ),
 }
+BUSY_MESSAGES = {
+    "en": "Sorry, all our lines are busy right now. Please call again in a few minutes.",
+    "es": "Lo sentimos, todas nuestras líneas están ocupadas en este momento. Por favor, llame de nuevo en unos minutos.",
+}
+# Twilio <Say> language codes.
+SAY_LANGUAGES = {"en": "en-US", "es": "es-ES"}
 DEFAULT_GREETINGS = {
     "en": "Hello! How can I help you today?",
     "es": "¡Hola! ¿En qué puedo ayudarle hoy?",
@@ -58,6 +64,10 @@ class Settings:
     llm_temperature: float = 0.4
     llm_threads: int = 0  # 0: llama.cpp's own choice
     stt_threads: int = 0
+    llm_instances: int = 2  # llama.cpp copies of the model, so calls can generate at the same time
+    max_calls: int = 4  # above this, /voice answers "lines busy" instead of a stream that would stutter
+    speculative: bool = True  # start STT and the LLM at a short pause, before the end of the turn
+    streaming: bool = True  # speak sentence by sentence while the LLM goes on (False: whole reply at once)
     turn: TurnSettings = field(default_factory=TurnSettings)
     log_level: str = "INFO"
 
@@ -102,6 +112,17 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float, high: 
     if not low <= value <= high:
         raise ConfigError(f"{name}={value} is out of range ({low}..{high})")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} must be 1 or 0 (true/false)")
 
 
 def _language(raw: str) -> str:
@@ -166,6 +187,10 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         llm_temperature=_float(env, "VOICEPIPE_LLM_TEMPERATURE", Settings.llm_temperature, 0.0, 2.0),
         llm_threads=_int(env, "VOICEPIPE_LLM_THREADS", 0, 0, 256),
         stt_threads=_int(env, "VOICEPIPE_STT_THREADS", 0, 0, 256),
+        llm_instances=_int(env, "VOICEPIPE_LLM_INSTANCES", Settings.llm_instances, 1, 64),
+        max_calls=_int(env, "VOICEPIPE_MAX_CALLS", Settings.max_calls, 1, 10_000),
+        speculative=_bool(env, "VOICEPIPE_SPECULATIVE", True),
+        streaming=_bool(env, "VOICEPIPE_STREAMING", True),
         turn=turn,
         log_level=log_level,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,13 +17,53 @@ _DONE = object()
 
 
 class ChatBackend(Protocol):
-    def stream(self, messages: list[Message]) -> AsyncIterator[str]: ...
+    def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]: ...
+
+
+class InstancePool:
+    """Hands out model instances: waiting turns are served in arrival order (FIFO), and a turn gets the
+    instance its call used last when that one is free, since its KV cache already holds the conversation."""
+
+    def __init__(self, instances: list[Any]) -> None:
+        self._free = list(instances)
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._last_user: dict[int, str] = {}
+
+    async def acquire(self, key: str) -> Any:
+        if self._free and not self._waiters:
+            preferred = [m for m in self._free if self._last_user.get(id(m)) == key]
+            model = preferred[0] if preferred else self._free[0]
+            self._free.remove(model)
+        else:
+            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                model = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self.release(waiter.result())  # handed over just as we were cancelled: pass it on
+                else:
+                    self._waiters.remove(waiter)
+                raise
+        self._last_user[id(model)] = key
+        return model
+
+    def release(self, model: Any) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(model)
+                return
+        self._free.append(model)
 
 
 class LlamaChat:
-    """One llama.cpp model shared by every call. llama.cpp holds one sequence, so turns are served one at a
-    time (a lock); its KV cache keeps the longest common token prefix between requests, so the system
-    prompt and earlier turns of the same call are not evaluated again."""
+    """A local llama.cpp chat model shared by every call.
+
+    One llama.cpp context serves one sequence at a time, so the model is loaded `instances` times (a 135M
+    GGUF costs ~100 MB each) and turns take a free instance in arrival order: a call with a long answer
+    cannot starve the others, it only waits its turn. Each instance's KV cache keeps the longest common
+    token prefix between requests, so the shared system prompt is not evaluated again."""
 
     def __init__(
         self,
@@ -32,23 +73,31 @@ class LlamaChat:
         max_tokens: int = 120,
         temperature: float = 0.4,
         n_gpu_layers: int = 0,
+        instances: int = 1,
     ) -> None:
         from llama_cpp import Llama  # imported here: building the extension is optional for unit tests
 
-        self.model = Llama(
-            model_path=str(model_path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_gpu_layers=n_gpu_layers,
-            verbose=False,
-        )
+        self.instances = [
+            Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_gpu_layers=n_gpu_layers,
+                  verbose=False)
+            for _ in range(instances)
+        ]
         self.n_ctx = n_ctx
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self._lock = threading.Lock()
+        self._pool: InstancePool | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+
+    def warm(self, system_prompt: str) -> None:
+        """Evaluate the system prompt on every instance, so its KV prefix is cached before the first call."""
+        for model in self.instances:
+            model.create_chat_completion(
+                messages=[{"role": "system", "content": system_prompt}, {"role": "user", "content": "Hi"}],
+                max_tokens=1,
+            )
 
     def count_tokens(self, text: str) -> int:
-        return len(self.model.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        return len(self.instances[0].tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def fit_history(self, messages: list[Message]) -> list[Message]:
         """Drop the oldest turns (never the system prompt or the newest message) until the prompt fits."""
@@ -63,28 +112,34 @@ class LlamaChat:
             start += 1
         return system + rest[start:]
 
-    def _generate(self, messages: list[Message], emit: Any, cancelled: threading.Event) -> None:
-        with self._lock:
-            if cancelled.is_set():
-                return
-            chunks = self.model.create_chat_completion(
-                messages=self.fit_history(messages),  # type: ignore[arg-type]
-                stream=True,
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-            )
-            try:
-                for chunk in chunks:
-                    if cancelled.is_set():
-                        break
-                    delta = chunk["choices"][0]["delta"].get("content")  # type: ignore[index]
-                    if delta:
-                        emit(delta)
-            finally:
-                chunks.close()  # type: ignore[union-attr]
+    def _generate(self, model: Any, messages: list[Message], emit: Any, cancelled: threading.Event) -> None:
+        chunks = model.create_chat_completion(
+            messages=self.fit_history(messages),
+            stream=True,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+        )
+        try:
+            for chunk in chunks:
+                if cancelled.is_set():
+                    break
+                delta = chunk["choices"][0]["delta"].get("content")
+                if delta:
+                    emit(delta)
+        finally:
+            chunks.close()
 
-    async def stream(self, messages: list[Message]) -> AsyncIterator[str]:
+    def _instances_pool(self) -> InstancePool:
+        loop = asyncio.get_running_loop()  # futures belong to one loop; tests and tools may run several
+        if self._pool is None or self._pool_loop is not loop:
+            self._pool, self._pool_loop = InstancePool(self.instances), loop
+        return self._pool
+
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]:
+        """Stream the reply's text deltas; `key` (the call) steers the turn to its call's last instance."""
         loop = asyncio.get_running_loop()
+        pool = self._instances_pool()
+        model = await pool.acquire(key)
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
 
@@ -93,7 +148,7 @@ class LlamaChat:
 
         def work() -> None:
             try:
-                self._generate(messages, emit, cancelled)
+                self._generate(model, messages, emit, cancelled)
             except BaseException as exc:  # handed to the awaiting side, which re-raises it
                 emit(exc)
             finally:
@@ -109,6 +164,10 @@ class LlamaChat:
                     raise item
                 yield str(item)
         finally:
-            # A cancelled turn (barge-in, hang-up) stops the model at the next token.
+            # A cancelled turn (barge-in, hang-up, a speculation that lost) stops at the next token; the
+            # instance goes back only once its thread has let go of it.
             cancelled.set()
-            await asyncio.shield(worker)
+            try:
+                await asyncio.shield(worker)
+            finally:
+                pool.release(model)

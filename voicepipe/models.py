@@ -69,14 +69,11 @@ def load_models(settings: Settings) -> Models:
             n_threads=settings.llm_threads or None,
             max_tokens=settings.llm_max_tokens,
             temperature=settings.llm_temperature,
+            instances=settings.llm_instances,
         )
     except ValueError as exc:  # llama-cpp-python raises ValueError for unreadable GGUF files
         raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. Re-fetch: {FETCH_HINT}")
-    # Evaluating the system prompt now puts its KV prefix in the cache before the first caller speaks.
-    chat.model.create_chat_completion(
-        messages=[{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": "Hi"}],
-        max_tokens=1,
-    )
+    chat.warm(settings.system_prompt)
     seconds["llm"] = time.perf_counter() - started
 
     started = time.perf_counter()

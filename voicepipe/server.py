@@ -15,7 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from voicepipe.call import CallSession, TurnTimings, prepare_speech
-from voicepipe.config import Settings
+from voicepipe.config import BUSY_MESSAGES, SAY_LANGUAGES, Settings
 from voicepipe.logs import call_sid_var
 from voicepipe.models import Models, load_models
 from voicepipe.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
@@ -33,7 +33,7 @@ TURN_STATS = web.AppKey("turn_stats", deque)
 CALL_ENDED = web.AppKey("call_ended", list)
 
 TOKEN_PARAMETER = "voicepipe_token"
-TOKEN_TTL_SECONDS = 300.0  # a /voice answer must open its stream within this time
+TOKEN_TTL_SECONDS = 60.0  # a /voice answer must open its stream within this time (Twilio takes ~1 s)
 MAX_WS_MESSAGE_BYTES = 64 * 1024
 
 
@@ -52,11 +52,18 @@ async def voice(request: web.Request) -> web.Response:
     now = time.monotonic()
     for stale in [t for t, (_, issued) in tokens.items() if now - issued > TOKEN_TTL_SECONDS]:
         del tokens[stale]
+    settings = request.app[SETTINGS]
+    response = VoiceResponse()
+    if len(request.app[SESSIONS]) + len(tokens) >= settings.max_calls:
+        # Saying so beats connecting a stream that would stutter for everyone.
+        log.warning("call %s refused: %d calls is the maximum (VOICEPIPE_MAX_CALLS)", call_sid, settings.max_calls)
+        response.say(BUSY_MESSAGES[settings.language], language=SAY_LANGUAGES[settings.language])
+        response.hangup()
+        return web.Response(text=str(response), content_type="application/xml")
     token = secrets.token_urlsafe(18)
     tokens[token] = (call_sid, now)
-    response = VoiceResponse()
     connect = Connect()
-    stream = connect.stream(url=stream_url(request, request.app[SETTINGS]))
+    stream = connect.stream(url=stream_url(request, settings))
     stream.parameter(name=TOKEN_PARAMETER, value=token)
     response.append(connect)
     log.info("incoming call %s: connecting media stream", call_sid or "(no CallSid)")

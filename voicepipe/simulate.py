@@ -47,6 +47,7 @@ class TurnResult:
     voice_to_voice: float | None  # end of the caller's speech -> first reply audio received
     reply_audio: np.ndarray  # 8 kHz int16
     marks: list[str] = field(default_factory=list)
+    underruns: int = 0  # times playback ran dry inside the reply (a gap the caller hears)
 
     @property
     def reply_seconds(self) -> float:
@@ -73,6 +74,7 @@ class _Playback:
         self.last_audio_at = 0.0
         self.marks: list[str] = []
         self.cleared = 0
+        self.underruns = 0
 
     def receive(self, message: dict[str, object], now: float) -> None:
         event = message.get("event")
@@ -80,6 +82,8 @@ class _Playback:
             payload = base64.b64decode(message["media"]["payload"])  # type: ignore[index]
             if self.first_audio_at is None:
                 self.first_audio_at = now
+            elif now - self.play_end > FRAME_SECONDS / self.speed:
+                self.underruns += 1  # the queue ran dry for more than a frame before this audio came
             self.last_audio_at = now
             self.audio.append(payload)
             self.play_end = max(self.play_end, now) + len(payload) / 8000 / self.speed
@@ -105,10 +109,10 @@ class _Playback:
             and now - self.last_audio_at >= quiet_seconds
         )
 
-    def take(self) -> tuple[float | None, np.ndarray, list[str]]:
+    def take(self) -> tuple[float | None, np.ndarray, list[str], int]:
         audio = ulaw_to_pcm16(b"".join(self.audio)) if self.audio else np.zeros(0, dtype=np.int16)
-        taken = (self.first_audio_at, audio, self.marks)
-        self.audio, self.first_audio_at, self.marks = [], None, []
+        taken = (self.first_audio_at, audio, self.marks, self.underruns)
+        self.audio, self.first_audio_at, self.marks, self.underruns = [], None, [], 0
         return taken
 
 
@@ -194,7 +198,7 @@ async def simulate_call(
                     await send_frame(SILENCE_FRAME)
 
             await listen(time.perf_counter() + reply_timeout)
-            _, greeting, _ = playback.take()
+            _, greeting, _, _ = playback.take()
             turns: list[TurnResult] = []
             for path, clip in zip(audio_files, clips):
                 ulaw = pcm16_to_ulaw(clip)
@@ -206,9 +210,9 @@ async def simulate_call(
                     if index + 1 == end_frame:
                         speech_end_at = sent_at
                 await listen(time.perf_counter() + reply_timeout)
-                first_audio_at, audio, marks = playback.take()
+                first_audio_at, audio, marks, underruns = playback.take()
                 latency = first_audio_at - speech_end_at if first_audio_at is not None else None
-                turns.append(TurnResult(str(path), latency, audio, marks))
+                turns.append(TurnResult(str(path), latency, audio, marks, underruns))
             await send({"event": "stop", "streamSid": stream_sid, "stop": {"accountSid": form["AccountSid"],
                                                                             "callSid": call_sid}})
             await ws.close()
