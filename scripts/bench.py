@@ -31,7 +31,7 @@ from voicepipe.cli import running_server  # noqa: E402
 from voicepipe.config import Settings, load_settings  # noqa: E402
 from voicepipe.logs import setup_logging  # noqa: E402
 from voicepipe.models import Models, load_models  # noqa: E402
-from voicepipe.simulate import simulate_call  # noqa: E402
+from voicepipe.simulate import CallerTurn, simulate_call  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?", "What time do you open tomorrow?", "Can you book a table for two?",
@@ -98,6 +98,8 @@ async def bench(args: argparse.Namespace) -> None:
                 for calls in args.calls:
                     print(f"{mode}: {calls} simultaneous call(s) x {args.turns} turns ...", flush=True)
                     rows.append((mode, calls, await run_calls(base, calls, args.turns, audio)))
+        if args.barge_in and models is not None:
+            await bench_barge_in(settings, models, args.barge_in, Path(tmp))
     print("\nvoice-to-voice (caller's view, ms) and per-stage p50 (server's view, ms)")
     header = f"{'mode':22s} {'calls':>5s} {'p50':>6s} {'p95':>6s} {'n':>4s} {'miss':>4s} {'underruns':>9s}"
     print(header + "".join(f" {s[:12]:>12s}" for s in STAGES))
@@ -105,6 +107,28 @@ async def bench(args: argparse.Namespace) -> None:
         line = (f"{mode:22s} {calls:5d} {ms(r['latency'], 50)} {ms(r['latency'], 95)} {len(r['latency']):4d} "
                 f"{r['unanswered']:4d} {r['underruns']:9d}")
         print(line + "".join(f" {ms(r['stages'][s], 50):>12s}" for s in STAGES))
+
+
+async def bench_barge_in(settings: Settings, models: Models, trials: int, directory: Path) -> None:
+    """Talk over a long reply `trials` times; print speech onset -> `clear` as the caller and server saw it."""
+    rate = models.synthesizer.sample_rate
+    clips = {}
+    for name, text in {"story": "Please tell me a long story about a brave little dragon.",
+                       "cut": "I have another question about my account instead."}.items():
+        clips[name] = directory / f"{name}.wav"
+        audio = np.concatenate([np.zeros(rate // 3, np.int16), models.synthesizer.synthesize(text)])
+        soundfile.write(clips[name], audio, rate)
+    caller, server = [], []
+    async with running_server(dataclasses.replace(settings, llm_max_tokens=200), models=models) as base:
+        for trial in range(trials):
+            delay = 0.8 + 0.4 * (trial % 3)  # cut in at different points of the reply
+            result = await simulate_call(base, [clips["story"], CallerTurn(audio=clips["cut"], interrupt_after=delay)])
+            if result.turns[1].clear_after_onset is not None:
+                caller.append(result.turns[1].clear_after_onset)
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:
+                server += [t["barge_in"] for t in (await r.json())["turns"] if t.get("barge_in") is not None]
+    print(f"\nbarge-in, speech onset -> clear ({trials} trials): caller's view p50 {ms(caller, 50)} ms "
+          f"p95 {ms(caller, 95)} ms (n={len(caller)}); server's view p50 {ms(server, 50)} ms p95 {ms(server, 95)} ms")
 
 
 def main() -> int:
@@ -115,6 +139,8 @@ def main() -> int:
                         help="comma-separated numbers of simultaneous calls (default 1)")
     parser.add_argument("--turns", type=int, default=10, help="turns per call (default 10)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive (no speculation, no streaming) run")
+    parser.add_argument("--barge-in", type=int, default=0, metavar="N",
+                        help="also measure N interruptions: speech onset -> clear (in-process server only)")
     args = parser.parse_args()
     setup_logging("WARNING")
     asyncio.run(bench(args))

@@ -64,6 +64,9 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory, models) -> Path:  # typ
         "thanks": "Thank you very much.",
         "first_half": "Could you tell me",
         "second_half": "what the weather is like in Paris?",
+        "story": "Please tell me a long story about a brave little dragon and the village it protected.",
+        "stop": "I have another question about my account instead.",
+        "goodbye": "Okay, goodbye!",
     }
     for name, text in phrases.items():
         soundfile.write(directory / f"{name}.wav", np.concatenate([lead, models.synthesizer.synthesize(text)]), rate)
@@ -73,3 +76,17 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory, models) -> Path:  # typ
     gap = np.zeros(int(0.4 * rate), dtype=np.int16)
     soundfile.write(directory / "hesitant.wav", np.concatenate([first, gap, second[len(lead):]]), rate)
     return directory
+
+
+def make_noises(seconds: float = 2.0, rate: int = 8000) -> dict[str, np.ndarray]:
+    """Steady noises that are not speech: none of them may start a turn."""
+    rng = np.random.default_rng(7)
+    n = int(seconds * rate)
+    t = np.arange(n) / rate
+    white = rng.standard_normal(n)
+    pink = np.cumsum(rng.standard_normal(n))  # brown-ish; high-passed below into a pink-like slope
+    pink = pink - np.convolve(pink, np.ones(64) / 64, mode="same")
+    hum = np.sin(2 * np.pi * 60 * t) + 0.5 * np.sin(2 * np.pi * 180 * t) + 0.3 * np.sin(2 * np.pi * 300 * t)
+    tone = np.sin(2 * np.pi * 1000 * t)
+    noises = {"white": white, "pink": pink, "hum": hum, "tone": tone}
+    return {name: (0.1 * x / np.max(np.abs(x)) * 32767).astype(np.int16) for name, x in noises.items()}  # -20 dBFS peak

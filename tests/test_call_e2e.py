@@ -18,7 +18,7 @@ from voicepipe.call import CallSession
 from voicepipe.config import Settings
 from voicepipe.models import Models
 from voicepipe.server import CALL_ENDED, create_app
-from voicepipe.simulate import simulate_call
+from voicepipe.simulate import CallerTurn, simulate_call
 
 pytestmark = pytest.mark.models
 
@@ -66,7 +66,7 @@ async def test_call_answers_the_fixture_sentence(base_settings: Settings, models
     (turn,) = result.turns
     assert turn.voice_to_voice is not None and turn.voice_to_voice > 0
     assert turn.reply_seconds > 0.3
-    assert "t1s1" in turn.marks  # a mark per sentence, echoed once played
+    assert any(m.startswith("t1s1.") for m in turn.marks)  # marks per 200 ms of each sentence, echoed once played
     (said,) = user_turns(ended[0])
     assert word_error_rate(JFK_TRANSCRIPT, said) < 0.2, said
     heard = models.transcriber.transcribe(turn.reply_audio).text
@@ -82,10 +82,11 @@ async def test_conversation_keeps_its_context_across_turns(
         await wait_for(ended)
     assert all(t.voice_to_voice is not None and t.reply_seconds > 0.3 for t in result.turns)
     history = ended[0].history
-    assert [m["role"] for m in history] == ["system", "assistant", "user", "assistant", "user", "assistant"]
+    assert [m["role"] for m in history] == ["system", "assistant", "user", "assistant", "user", "assistant"], history
     first, second = user_turns(ended[0])
-    assert word_error_rate("What is the capital of France?", first) <= 0.2, first
-    assert word_error_rate("What color is the sky on a clear day?", second) <= 0.2, second
+    # Transcription accuracy is measured in test_stt; here the turns must be the caller's, in order.
+    assert word_error_rate("What is the capital of France?", first) <= 0.35, first
+    assert word_error_rate("What color is the sky on a clear day?", second) <= 0.35, second
 
 
 async def test_a_hesitation_is_not_the_end_of_the_turn(
@@ -160,7 +161,7 @@ async def test_naive_mode_answers_too(base_settings: Settings, models: Models, s
         await wait_for(ended)
     (turn,) = result.turns
     assert turn.voice_to_voice is not None and turn.reply_seconds > 0.3
-    assert turn.marks == ["t1s1"]  # the whole reply went out as one piece
+    assert {m.split(".")[0] for m in turn.marks} == {"t1s1"}  # the whole reply went out as one piece
 
 
 async def test_calls_above_the_maximum_hear_a_busy_message(base_settings: Settings, models: Models) -> None:
@@ -172,3 +173,81 @@ async def test_calls_above_the_maximum_hear_a_busy_message(base_settings: Settin
             busy = await response.text()
     assert "<Connect>" not in busy
     assert '<Say language="en-US">Sorry, all our lines are busy' in busy and "<Hangup />" in busy
+
+
+async def test_an_interruption_clears_and_the_history_keeps_only_what_was_heard(
+    base_settings: Settings, models: Models, speech_dir: Path
+) -> None:
+    settings = dataclasses.replace(base_settings, llm_max_tokens=200)
+    async with serving(settings, models) as (url, ended):
+        result = await simulate_call(url, [
+            speech_dir / "story.wav",
+            CallerTurn(audio=speech_dir / "stop.wav", interrupt_after=1.0),
+        ])
+        await wait_for(ended)
+    story, interruption = result.turns
+    assert result.cleared >= 1
+    # Barge-in waits for 300 ms of voiced speech (a backchannel is shorter); the onset itself takes ~200 ms.
+    assert interruption.clear_after_onset is not None and 0 < interruption.clear_after_onset < 1.0
+    history = ended[0].history
+    roles = [m["role"] for m in history]
+    assert roles == ["system", "assistant", "user", "assistant", "user", "assistant"], history
+    heard = history[3]["content"]
+    # About 1 s of the story played before the caller spoke, plus the onset -> clear reaction: a few words,
+    # far short of what a 200-token story would be.
+    assert 1 <= len(heard.split()) <= 14, heard
+    assert story.reply_seconds < 4.0  # paced: we never ran far ahead of what Twilio played
+
+
+async def test_noise_alone_gets_no_reply(base_settings: Settings, models: Models, tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile
+
+    from tests.conftest import make_noises
+
+    noise = np.concatenate(list(make_noises().values()))
+    soundfile.write(tmp_path / "noise.wav", noise, 8000)
+    settings = dataclasses.replace(base_settings, silence_reprompt_s=60.0)  # only the noise may speak here
+    async with serving(settings, models) as (url, ended):
+        result = await simulate_call(url, [tmp_path / "noise.wav"], reply_timeout=3.0)
+        await wait_for(ended)
+    assert result.turns[0].voice_to_voice is None
+    assert [m["role"] for m in ended[0].history] == ["system", "assistant"]
+
+
+async def test_a_keypress_reaches_the_model(base_settings: Settings, models: Models) -> None:
+    async with serving(base_settings, models) as (url, ended):
+        result = await simulate_call(url, [CallerTurn(dtmf="3")])
+        await wait_for(ended)
+    assert result.turns[0].voice_to_voice is not None and result.turns[0].reply_seconds > 0.3
+    assert "(The caller pressed 3 on the phone keypad.)" in user_turns(ended[0])
+
+
+async def test_silence_reprompts_then_hangs_up(base_settings: Settings, models: Models) -> None:
+    settings = dataclasses.replace(base_settings, silence_reprompt_s=2.0, silence_hangup_s=2.0)
+    async with serving(settings, models) as (url, ended):
+        result = await simulate_call(url, [], stay_on_line=20.0)
+        await wait_for(ended)
+    assert result.hung_up
+    said = [m["content"] for m in ended[0].history if m["role"] == "assistant"]
+    assert said[1:] == ["Are you still there?", "It seems you're busy. Goodbye!"]
+    assert len(result.after_turns_audio) > 2 * 8000  # both lines were played before the hang-up
+
+
+async def test_goodbye_ends_the_call(base_settings: Settings, models: Models, speech_dir: Path) -> None:
+    async with serving(base_settings, models) as (url, ended):
+        result = await simulate_call(url, [speech_dir / "goodbye.wav"], stay_on_line=10.0)
+        await wait_for(ended)
+    assert result.hung_up
+    assert ended[0].history[-1]["content"] == "Thank you for calling. Goodbye!"
+
+
+async def test_stop_ends_every_task_of_the_call(base_settings: Settings, models: Models, speech_dir: Path) -> None:
+    remaining: list[list[str]] = []
+    async with serving(base_settings, models) as (url, ended):
+        # Hang up while the agent is still answering: the reply's tasks must go with the call.
+        result = await simulate_call(url, [speech_dir / "story.wav"], reply_timeout=0.5, quiet_seconds=0.1)
+        await wait_for(ended)
+        remaining.append(ended[0].task_names)
+        remaining.append([t.get_name() for t in asyncio.all_tasks() if result.call_sid in t.get_name()])
+    assert remaining == [[], []]

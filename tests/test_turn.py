@@ -59,3 +59,32 @@ def test_a_monologue_is_cut_at_the_maximum(jfk_8k: np.ndarray) -> None:
     detector = TurnDetector(TurnSettings(max_utterance_ms=3000, end_of_turn_ms=2000))
     ended = [e for e in feed_all(detector, jfk_8k) if isinstance(e, TurnEnded)]
     assert ended and len(ended[0].audio) <= 3.5 * RATE
+
+
+def test_steady_noise_never_starts_a_turn_with_silero() -> None:
+    from tests.conftest import make_noises
+    from voicepipe.vad import SileroStream, load_silero
+
+    session = load_silero()
+    false_turns = {}
+    for name, noise in make_noises(seconds=4.0).items():
+        detector = TurnDetector(TurnSettings(), SileroStream(session).feed)
+        false_turns[name] = sum(isinstance(e, (SpeechStarted, TurnEnded)) for e in feed_all(detector, noise))
+    assert false_turns == {"white": 0, "pink": 0, "hum": 0, "tone": 0}
+
+
+def test_speech_still_makes_a_turn_with_silero(jfk_8k: np.ndarray) -> None:
+    from voicepipe.vad import SileroStream, load_silero
+
+    detector = TurnDetector(TurnSettings(end_of_turn_ms=1500), SileroStream(load_silero()).feed)
+    ended = [e for e in feed_all(detector, np.concatenate([jfk_8k, silence(2.0)])) if isinstance(e, TurnEnded)]
+    assert len(ended) == 1 and 10_000 <= ended[0].speech_end_ms <= 11_000
+
+
+def test_webrtcvad_alone_is_fooled_by_noise() -> None:
+    # Why Silero is in the loop: without it, loud steady noise starts turns.
+    from tests.conftest import make_noises
+
+    fooled = [name for name, noise in make_noises(seconds=4.0).items()
+              if any(isinstance(e, SpeechStarted) for e in feed_all(TurnDetector(TurnSettings(silero_threshold=0)), noise))]
+    assert fooled

@@ -30,6 +30,30 @@ BUSY_MESSAGES = {
 }
 # Twilio <Say> language codes.
 SAY_LANGUAGES = {"en": "en-US", "es": "es-ES"}
+# Spoken lines, written natively per language.
+PHRASES = {
+    "en": {
+        "reprompt": "Are you still there?",
+        "goodbye": "It seems you're busy. Goodbye!",
+        "closing": "Thank you for calling. Goodbye!",
+        "max_duration": "We have reached the time limit for this call. Thank you, goodbye!",
+        "apology": "Sorry, I had a problem there. Could you say that again?",
+        "dtmf": "(The caller pressed {digits} on the phone keypad.)",
+    },
+    "es": {
+        "reprompt": "¿Sigue ahí?",
+        "goodbye": "Parece que está ocupado. ¡Hasta luego!",
+        "closing": "Gracias por llamar. ¡Adiós!",
+        "max_duration": "Hemos llegado al tiempo máximo de esta llamada. Gracias, ¡adiós!",
+        "apology": "Perdone, he tenido un problema. ¿Puede repetirlo?",
+        "dtmf": "(La persona que llama pulsó {digits} en el teclado del teléfono.)",
+    },
+}
+# A caller's turn made only of these ends the call (after the closing line).
+GOODBYES = {
+    "en": ("goodbye", "good bye", "bye", "bye bye", "bye-bye", "that's all", "that is all", "thanks bye"),
+    "es": ("adiós", "adios", "hasta luego", "chao", "chau", "hasta pronto", "eso es todo"),
+}
 DEFAULT_GREETINGS = {
     "en": "Hello! How can I help you today?",
     "es": "¡Hola! ¿En qué puedo ayudarle hoy?",
@@ -68,6 +92,11 @@ class Settings:
     max_calls: int = 4  # above this, /voice answers "lines busy" instead of a stream that would stutter
     speculative: bool = True  # start STT and the LLM at a short pause, before the end of the turn
     streaming: bool = True  # speak sentence by sentence while the LLM goes on (False: whole reply at once)
+    barge_in_ms: int = 300  # voiced caller speech over the agent that stops it (shorter: a backchannel)
+    playback_lead_ms: int = 400  # how far ahead of Twilio's playback we send audio
+    silence_reprompt_s: float = 10.0  # caller silent this long: "are you still there?"
+    silence_hangup_s: float = 10.0  # and this long again after the reprompt: goodbye and hang up
+    max_call_s: float = 900.0
     turn: TurnSettings = field(default_factory=TurnSettings)
     log_level: str = "INFO"
 
@@ -165,6 +194,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         end_of_turn_ms=end_of_turn_ms,
         min_utterance_ms=_int(env, "VOICEPIPE_MIN_UTTERANCE_MS", TurnSettings.min_utterance_ms, 0, 5000),
         min_level_dbfs=_float(env, "VOICEPIPE_MIN_LEVEL_DBFS", TurnSettings.min_level_dbfs, -96.0, 0.0),
+        silero_threshold=_float(env, "VOICEPIPE_SILERO_THRESHOLD", TurnSettings.silero_threshold, 0.0, 1.0),
     )
     return Settings(
         twilio_account_sid=env.get("TWILIO_ACCOUNT_SID", "").strip(),
@@ -191,6 +221,11 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         max_calls=_int(env, "VOICEPIPE_MAX_CALLS", Settings.max_calls, 1, 10_000),
         speculative=_bool(env, "VOICEPIPE_SPECULATIVE", True),
         streaming=_bool(env, "VOICEPIPE_STREAMING", True),
+        barge_in_ms=_int(env, "VOICEPIPE_BARGE_IN_MS", Settings.barge_in_ms, 20, 5000),
+        playback_lead_ms=_int(env, "VOICEPIPE_PLAYBACK_LEAD_MS", Settings.playback_lead_ms, 200, 10_000),
+        silence_reprompt_s=_float(env, "VOICEPIPE_SILENCE_REPROMPT_S", Settings.silence_reprompt_s, 1.0, 3600.0),
+        silence_hangup_s=_float(env, "VOICEPIPE_SILENCE_HANGUP_S", Settings.silence_hangup_s, 1.0, 3600.0),
+        max_call_s=_float(env, "VOICEPIPE_MAX_CALL_S", Settings.max_call_s, 10.0, 86400.0),
         turn=turn,
         log_level=log_level,
     )

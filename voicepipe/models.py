@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,6 +14,7 @@ from voicepipe.config import Settings
 from voicepipe.llm import ChatBackend, LlamaChat
 from voicepipe.stt import Transcriber, WhisperTranscriber
 from voicepipe.tts import PiperSynthesizer, Synthesizer
+from voicepipe.vad import load_silero
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,7 @@ class Models:
     chat: ChatBackend
     synthesizer: Synthesizer
     load_seconds: dict[str, float]
+    silero: Any = None  # onnxruntime session of Silero VAD, shared; each call keeps its own state
 
 
 def _require(path: Path, setting: str, what: str) -> None:
@@ -84,5 +87,7 @@ def load_models(settings: Settings) -> Models:
     synthesizer.synthesize("Hello.")
     seconds["tts"] = time.perf_counter() - started
 
+    silero = load_silero() if settings.turn.silero_threshold > 0 else None
+
     log.info("models loaded and warm: %s", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
-    return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, load_seconds=seconds)
+    return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, load_seconds=seconds, silero=silero)

@@ -15,7 +15,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from voicepipe.call import CallSession, TurnTimings, prepare_speech
-from voicepipe.config import BUSY_MESSAGES, SAY_LANGUAGES, Settings
+from voicepipe.config import BUSY_MESSAGES, PHRASES, SAY_LANGUAGES, Settings
 from voicepipe.logs import call_sid_var
 from voicepipe.models import Models, load_models
 from voicepipe.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("settings", Settings)
 MODELS = web.AppKey("models", Models)
-GREETING = web.AppKey("greeting", bytes)
+PHRASE_AUDIO = web.AppKey("phrase_audio", dict)  # greeting and fixed lines, synthesized once at start-up
 CALL_TOKENS = web.AppKey("call_tokens", dict)  # token -> (CallSid, issued at)
 SESSIONS = web.AppKey("sessions", set)
 SOCKETS = web.AppKey("sockets", set)
@@ -134,14 +134,21 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                     await reject("start without a valid call token from /voice")
                     break
                 call_sid_var.set(event.call_sid)
+                call_sid = event.call_sid
+
+                async def hang_up() -> None:
+                    await ws.close(code=WSCloseCode.OK, message=b"call ended")
+                    await complete_call(app[SETTINGS], call_sid)
+
                 session = CallSession(
                     app[SETTINGS],
                     app[MODELS],
                     call_sid=event.call_sid,
                     stream_sid=event.stream_sid,
                     send=send,
-                    greeting=app[GREETING],
+                    phrases=app[PHRASE_AUDIO],
                     on_turn=app[TURN_STATS].append,
+                    hang_up=hang_up,
                 )
                 app[SESSIONS].add(session)
                 log.info("call started (stream %s)", event.stream_sid)
@@ -158,7 +165,7 @@ async def media(request: web.Request) -> web.WebSocketResponse:
             elif isinstance(event, Mark):
                 session.handle_mark(event.name)
             elif isinstance(event, Dtmf):
-                session.handle_dtmf(event.digit)
+                await session.handle_dtmf(event.digit)
             elif isinstance(event, Stop):
                 log.info("call stopped by Twilio")
                 break
@@ -173,6 +180,23 @@ async def media(request: web.Request) -> web.WebSocketResponse:
         if not ws.closed:
             await ws.close()
     return ws
+
+
+async def complete_call(settings: Settings, call_sid: str) -> None:
+    """With Twilio credentials, also end the call through the REST API (closing the stream alone lets
+    Twilio go on to any TwiML after <Connect>)."""
+    if not (settings.twilio_account_sid and settings.twilio_auth_token) or not call_sid.startswith("CA"):
+        return
+
+    def update() -> None:
+        from twilio.rest import Client
+
+        Client(settings.twilio_account_sid, settings.twilio_auth_token).calls(call_sid).update(status="completed")
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(update), timeout=10)
+    except Exception as exc:  # the call may already be over; the stream is closed either way
+        log.warning("could not complete call %s through the Twilio API: %s", call_sid, exc)
 
 
 async def _close_sockets(app: web.Application) -> None:
@@ -193,7 +217,11 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     async def models_ctx(app: web.Application) -> AsyncIterator[None]:
         loaded = models if models is not None else await asyncio.to_thread(load_models, settings)
         app[MODELS] = loaded
-        app[GREETING] = await asyncio.to_thread(prepare_speech, loaded, settings.greeting)
+        lines = {"greeting": settings.greeting, **PHRASES[settings.language]}
+        lines.pop("dtmf")  # a template for the model, not a line to speak
+        app[PHRASE_AUDIO] = {
+            name: await asyncio.to_thread(prepare_speech, loaded, text) for name, text in lines.items()
+        }
         yield
 
     app.cleanup_ctx.append(models_ctx)

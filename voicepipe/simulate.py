@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import secrets
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -33,12 +35,23 @@ def load_audio_8k(path: Path) -> np.ndarray:
     return resample(mono, rate, 8000)
 
 
-def speech_end_seconds(samples: np.ndarray) -> float:
-    """Where the speech in a clip ends: the last 20 ms frame within 35 dB of the clip's loudest frame."""
+def speech_bounds(samples: np.ndarray) -> tuple[int, int]:
+    """The 20 ms frames where a clip's speech starts and ends (within 35 dB of its loudest frame)."""
     frames = samples[: len(samples) - len(samples) % FRAME_BYTES].astype(np.float32).reshape(-1, FRAME_BYTES)
     rms = np.sqrt(np.mean(frames**2, axis=1)) + 1e-9
     loud = np.nonzero(20 * np.log10(rms / rms.max()) > -35)[0]
-    return float((loud[-1] + 1) * FRAME_SECONDS) if len(loud) else 0.0
+    return (int(loud[0]), int(loud[-1]) + 1) if len(loud) else (0, 1)
+
+
+@dataclass(frozen=True)
+class CallerTurn:
+    """What the caller does in one turn: speak a file, or press keys."""
+
+    audio: Path | None = None
+    dtmf: str = ""
+    # Start this many seconds after the previous reply's first audio arrived, talking over it (barge-in);
+    # None waits until the previous reply has finished playing.
+    interrupt_after: float | None = None
 
 
 @dataclass
@@ -48,6 +61,7 @@ class TurnResult:
     reply_audio: np.ndarray  # 8 kHz int16
     marks: list[str] = field(default_factory=list)
     underruns: int = 0  # times playback ran dry inside the reply (a gap the caller hears)
+    clear_after_onset: float | None = None  # this turn cut the agent off: its speech onset -> `clear`
 
     @property
     def reply_seconds(self) -> float:
@@ -60,6 +74,8 @@ class CallResult:
     greeting_audio: np.ndarray
     turns: list[TurnResult]
     cleared: int  # `clear` messages received
+    hung_up: bool = False  # the server ended the call (closed the stream)
+    after_turns_audio: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int16))
 
 
 class _Playback:
@@ -74,6 +90,7 @@ class _Playback:
         self.last_audio_at = 0.0
         self.marks: list[str] = []
         self.cleared = 0
+        self.last_clear_at: float | None = None
         self.underruns = 0
 
     def receive(self, message: dict[str, object], now: float) -> None:
@@ -91,6 +108,10 @@ class _Playback:
             self.pending_marks.append((max(self.play_end, now), message["mark"]["name"]))  # type: ignore[index]
         elif event == "clear":
             self.cleared += 1
+            self.last_clear_at = now
+            # What follows a clear is a new reply: the interrupted one's audio is no longer this turn's.
+            self.first_audio_at = None
+            self.audio = []
             self.play_end = now
             self.pending_marks = [(now, name) for _, name in self.pending_marks]
 
@@ -136,15 +157,18 @@ def _websocket_url(base_url: str, stream_url: str) -> str:
 
 async def simulate_call(
     base_url: str,
-    audio_files: list[Path],
+    turns: list[Path | CallerTurn],
     speed: float = 1.0,
     reply_timeout: float = 30.0,
     quiet_seconds: float = 1.2,
+    stay_on_line: float = 0.0,
 ) -> CallResult:
-    """One call: wait for the greeting, then speak each file and wait for the reply to finish playing."""
+    """One call: wait for the greeting, then play each caller turn and wait for its reply to finish playing.
+    With `stay_on_line`, stay silent that many seconds more (or until the server hangs up)."""
     call_sid = "CA" + secrets.token_hex(16)
     stream_sid = "MZ" + secrets.token_hex(16)
-    clips = [load_audio_8k(path) for path in audio_files]
+    script = [t if isinstance(t, CallerTurn) else CallerTurn(audio=t) for t in turns]
+    clips = [load_audio_8k(t.audio) if t.audio is not None else None for t in script]
     base_url = base_url.rstrip("/")
     async with aiohttp.ClientSession() as http:
         form = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": "+15550000001", "To": "+15550000002",
@@ -178,43 +202,86 @@ async def simulate_call(
             async def send_frame(frame: bytes) -> float:
                 """Send one 20 ms frame on the real-time schedule; returns the wall time it left."""
                 nonlocal chunk, clock
+                if reader.done():
+                    raise _HungUp
                 clock += FRAME_SECONDS / speed
                 delay = clock - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 chunk += 1
-                await send({"event": "media", "streamSid": stream_sid, "media": {
-                    "track": "inbound", "chunk": str(chunk), "timestamp": str(int(chunk * 20)),
-                    "payload": base64.b64encode(frame).decode()}})
-                now = time.perf_counter()
-                for name in playback.due_marks(now):
-                    await send({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+                try:
+                    await send({"event": "media", "streamSid": stream_sid, "media": {
+                        "track": "inbound", "chunk": str(chunk), "timestamp": str(int(chunk * 20)),
+                        "payload": base64.b64encode(frame).decode()}})
+                    now = time.perf_counter()
+                    for name in playback.due_marks(now):
+                        await send({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+                except (ConnectionResetError, RuntimeError):
+                    raise _HungUp from None
                 return now
 
-            async def listen(deadline: float) -> None:
-                while not playback.finished(time.perf_counter(), quiet_seconds) and time.perf_counter() < deadline:
-                    if reader.done():
-                        raise RuntimeError("the server closed the stream")
+            async def listen(deadline: float, until: Callable[[float], bool]) -> None:
+                while not until(time.perf_counter()) and time.perf_counter() < deadline:
                     await send_frame(SILENCE_FRAME)
 
-            await listen(time.perf_counter() + reply_timeout)
-            _, greeting, _, _ = playback.take()
-            turns: list[TurnResult] = []
-            for path, clip in zip(audio_files, clips):
-                ulaw = pcm16_to_ulaw(clip)
-                ulaw += b"\xff" * (-len(ulaw) % FRAME_BYTES)
-                end_frame = max(1, round(speech_end_seconds(clip) / FRAME_SECONDS))
-                speech_end_at = time.perf_counter()
-                for index in range(len(ulaw) // FRAME_BYTES):
-                    sent_at = await send_frame(ulaw[index * FRAME_BYTES : (index + 1) * FRAME_BYTES])
-                    if index + 1 == end_frame:
-                        speech_end_at = sent_at
-                await listen(time.perf_counter() + reply_timeout)
-                first_audio_at, audio, marks, underruns = playback.take()
-                latency = first_audio_at - speech_end_at if first_audio_at is not None else None
-                turns.append(TurnResult(str(path), latency, audio, marks, underruns))
-            await send({"event": "stop", "streamSid": stream_sid, "stop": {"accountSid": form["AccountSid"],
-                                                                            "callSid": call_sid}})
-            await ws.close()
+            def reply_finished(now: float) -> bool:
+                return playback.finished(now, quiet_seconds)
+
+            results: list[TurnResult] = []
+            hung_up = False
+            greeting = np.zeros(0, dtype=np.int16)
+            try:
+                await listen(time.perf_counter() + reply_timeout, reply_finished)
+                _, greeting, _, _ = playback.take()
+                for index, (turn, clip) in enumerate(zip(script, clips)):
+                    next_turn = script[index + 1] if index + 1 < len(script) else None
+                    speech_end_at = time.perf_counter()
+                    onset_at = time.perf_counter()
+                    clears_before = playback.cleared
+                    if turn.dtmf:
+                        for digit in turn.dtmf:
+                            await send({"event": "dtmf", "streamSid": stream_sid,
+                                        "dtmf": {"track": "inbound_track", "digit": digit}})
+                            await send_frame(SILENCE_FRAME)
+                        speech_end_at = time.perf_counter()
+                    elif clip is not None:
+                        ulaw = pcm16_to_ulaw(clip)
+                        ulaw += b"\xff" * (-len(ulaw) % FRAME_BYTES)
+                        start_frame, end_frame = speech_bounds(clip)
+                        for frame_index in range(len(ulaw) // FRAME_BYTES):
+                            sent_at = await send_frame(ulaw[frame_index * FRAME_BYTES : (frame_index + 1) * FRAME_BYTES])
+                            if frame_index == start_frame:
+                                onset_at = sent_at
+                            if frame_index + 1 == end_frame:
+                                speech_end_at = sent_at
+                    if next_turn is not None and next_turn.interrupt_after is not None:
+                        # Wait for this reply to start, let it play a while, then the next turn talks over it.
+                        await listen(time.perf_counter() + reply_timeout, lambda now: playback.first_audio_at is not None)
+                        if playback.first_audio_at is not None:
+                            start_at = playback.first_audio_at + next_turn.interrupt_after
+                            await listen(start_at, lambda now: False)
+                    else:
+                        await listen(time.perf_counter() + reply_timeout, reply_finished)
+                    first_audio_at, audio, marks, underruns = playback.take()
+                    latency = first_audio_at - speech_end_at if first_audio_at is not None else None
+                    cleared = playback.last_clear_at - onset_at if playback.cleared > clears_before else None
+                    results.append(TurnResult(str(turn.audio or f"dtmf {turn.dtmf}"), latency, audio, marks,
+                                              underruns, cleared if clip is not None else None))
+                if stay_on_line:
+                    await listen(time.perf_counter() + stay_on_line, lambda now: False)
+            except _HungUp:
+                hung_up = True
+            if stay_on_line and not hung_up:
+                hung_up = reader.done()
+            after = playback.take()[1]
+            if not reader.done():
+                with contextlib.suppress(ConnectionResetError, RuntimeError):
+                    await send({"event": "stop", "streamSid": stream_sid,
+                                "stop": {"accountSid": form["AccountSid"], "callSid": call_sid}})
+                await ws.close()
             reader.cancel()
-            return CallResult(call_sid, greeting, turns, playback.cleared)
+            return CallResult(call_sid, greeting, results, playback.cleared, hung_up, after)
+
+
+class _HungUp(Exception):
+    """The server closed the stream: it hung up."""

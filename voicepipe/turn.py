@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +23,13 @@ class TurnSettings:
     end_of_turn_ms: int = 550  # the silence that ends the caller's turn
     min_utterance_ms: int = 250  # shorter bursts are clicks or coughs, not turns
     max_utterance_ms: int = 25_000  # whisper's window is 30 s; a monologue is cut here
-    preroll_ms: int = 300  # audio kept from before the detected start, so first syllables survive
+    preroll_ms: int = 500  # audio kept from before the detected start, so a first short word survives
     min_level_dbfs: float = -55.0  # frames quieter than this never count as speech
+    # Silero speech probability a frame also needs: to start speech, and (lower) to go on with it. Measured:
+    # steady noise (white, pink, hum, tone) never reached 0.5, while an old, reverberant recording (JFK)
+    # dropped below 0.5 mid-phrase; 0.1 kept its phrases whole. 0 turns Silero off.
+    silero_threshold: float = 0.5
+    silero_continue_threshold: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -56,8 +62,13 @@ TurnEvent = SpeechStarted | Paused | SpeechResumed | TurnEnded
 class TurnDetector:
     """Feed it caller audio in any chunk size; it returns the turn events each chunk produced."""
 
-    def __init__(self, settings: TurnSettings | None = None) -> None:
+    def __init__(
+        self, settings: TurnSettings | None = None, speech_probability: Callable[[np.ndarray], float] | None = None
+    ) -> None:
+        """`speech_probability` (a SileroStream's feed) must agree with webrtcvad before a frame counts as
+        speech: webrtcvad alone takes steady noise for speech."""
         self.settings = settings or TurnSettings()
+        self._speech_probability = speech_probability if self.settings.silero_threshold > 0 else None
         self._vad = webrtcvad.Vad(self.settings.vad_aggressiveness)
         self._pending = np.zeros(0, dtype=np.int16)
         self._clock_ms = 0
@@ -68,6 +79,7 @@ class TurnDetector:
         self._paused = False
         self._last_voiced_ms = 0
         self._speech_start_ms = 0
+        self.voiced_ms = 0  # voiced audio in the utterance so far (what a barge-in decision weighs)
         self._min_level = 32768.0 * 10 ** (self.settings.min_level_dbfs / 20)
 
     @property
@@ -97,8 +109,11 @@ class TurnDetector:
         return events
 
     def _is_voiced(self, frame: np.ndarray) -> bool:
+        # Silero keeps state across frames, so it hears every frame, quiet or not.
+        probability = self._speech_probability(frame) if self._speech_probability is not None else 1.0
         rms = float(np.sqrt(np.mean(frame.astype(np.float32) ** 2)))
-        if rms < self._min_level:
+        threshold = self.settings.silero_continue_threshold if self._in_speech else self.settings.silero_threshold
+        if rms < self._min_level or probability < threshold:
             return False
         return self._vad.is_speech(frame.tobytes(), SAMPLE_RATE)
 
@@ -112,6 +127,7 @@ class TurnDetector:
             if sum(self._recent) * FRAME_MS >= s.speech_start_ms:
                 self._in_speech = True
                 self._paused = False
+                self.voiced_ms = sum(self._recent) * FRAME_MS
                 self._utterance = list(self._preroll)
                 self._preroll.clear()
                 self._last_voiced_ms = self._clock_ms
@@ -123,6 +139,7 @@ class TurnDetector:
 
         self._utterance.append(frame)
         if voiced:
+            self.voiced_ms += FRAME_MS
             self._last_voiced_ms = self._clock_ms
             if self._paused:
                 self._paused = False
