@@ -57,10 +57,16 @@ def speak_questions(models: Models, directory: Path) -> list[Path]:
     return paths
 
 
-async def run_calls(base: str, calls: int, turns: int, audio: list[Path]) -> dict[str, Any]:
+def signing(settings: Settings) -> dict[str, str]:
+    """Sign like Twilio when the server checks signatures."""
+    return {"auth_token": settings.twilio_auth_token, "public_url": settings.webhook_url}
+
+
+async def run_calls(base: str, calls: int, turns: int, audio: list[Path], settings: Settings) -> dict[str, Any]:
     """`calls` simultaneous calls of `turns` turns each; returns latencies, underruns and server stages."""
     scripts = [[audio[(c * turns + t) % len(audio)] for t in range(turns)] for c in range(calls)]
-    results = await asyncio.gather(*(simulate_call(base, script) for script in scripts), return_exceptions=True)
+    results = await asyncio.gather(*(simulate_call(base, script, **signing(settings)) for script in scripts),
+                                   return_exceptions=True)
     done = [r for r in results if not isinstance(r, BaseException)]
     for failure in (r for r in results if isinstance(r, BaseException)):
         print(f"  a call failed: {failure!r}", flush=True)
@@ -97,7 +103,7 @@ async def bench(args: argparse.Namespace) -> None:
                     running_server(mode_settings, models=models))  # type: ignore[arg-type]
                 for calls in args.calls:
                     print(f"{mode}: {calls} simultaneous call(s) x {args.turns} turns ...", flush=True)
-                    rows.append((mode, calls, await run_calls(base, calls, args.turns, audio)))
+                    rows.append((mode, calls, await run_calls(base, calls, args.turns, audio, settings)))
         if args.barge_in and models is not None:
             await bench_barge_in(settings, models, args.barge_in, Path(tmp))
     print("\nvoice-to-voice (caller's view, ms) and per-stage p50 (server's view, ms)")
@@ -122,7 +128,8 @@ async def bench_barge_in(settings: Settings, models: Models, trials: int, direct
     async with running_server(dataclasses.replace(settings, llm_max_tokens=200), models=models) as base:
         for trial in range(trials):
             delay = 0.8 + 0.4 * (trial % 3)  # cut in at different points of the reply
-            result = await simulate_call(base, [clips["story"], CallerTurn(audio=clips["cut"], interrupt_after=delay)])
+            script = [clips["story"], CallerTurn(audio=clips["cut"], interrupt_after=delay)]
+            result = await simulate_call(base, script, **signing(settings))
             if result.turns[1].clear_after_onset is not None:
                 caller.append(result.turns[1].clear_after_onset)
             async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:

@@ -251,3 +251,29 @@ async def test_stop_ends_every_task_of_the_call(base_settings: Settings, models:
         remaining.append(ended[0].task_names)
         remaining.append([t.get_name() for t in asyncio.all_tasks() if result.call_sid in t.get_name()])
     assert remaining == [[], []]
+
+
+class FailingTranscriber:
+    """The real transcriber, made to fail its first `failures` calls (a model fault)."""
+
+    def __init__(self, real: object, failures: int) -> None:
+        self.real, self.failures = real, failures
+
+    def transcribe(self, audio):  # type: ignore[no-untyped-def]
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("injected STT fault")
+        return self.real.transcribe(audio)  # type: ignore[attr-defined]
+
+
+async def test_a_model_fault_gets_an_apology_and_the_call_goes_on(
+    base_settings: Settings, models: Models, speech_dir: Path
+) -> None:
+    faulty = dataclasses.replace(models, transcriber=FailingTranscriber(models.transcriber, failures=2))
+    async with serving(base_settings, faulty) as (url, ended):
+        result = await simulate_call(url, [speech_dir / "capital.wav", speech_dir / "colour.wav"])
+        await wait_for(ended)
+    apology, answer = result.turns
+    assert apology.reply_seconds > 1.0 and any(m.startswith("t") and "apology" in m for m in apology.marks)
+    assert answer.voice_to_voice is not None and answer.reply_seconds > 0.3
+    assert word_error_rate("What color is the sky on a clear day?", user_turns(ended[0])[-1]) <= 0.35

@@ -50,6 +50,8 @@ def test_unknown_events_and_outbound_tracks_are_ignored() -> None:
         json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": 12}}),
         json.dumps({"event": "media", "streamSid": "MZ1", "media": {"payload": "", "timestamp": "soon"}}),
         json.dumps({"event": "media", "media": {"payload": "/w=="}}),
+        '{"event":"media","streamSid":"MZ1","media":{"payload":"/w==","timestamp":Infinity}}',
+        '{"event":"media","streamSid":"MZ1","media":{"payload":"/w==","timestamp":NaN}}',
         json.dumps({"event": "dtmf", "streamSid": "MZ1", "dtmf": {"digit": "99"}}),
         json.dumps({"event": "mark", "streamSid": "MZ1", "mark": {}}),
         json.dumps({**START, "start": {**START["start"], "customParameters": {"a": 1}}}),  # type: ignore[dict-item]

@@ -103,6 +103,7 @@ class _Reply:
     # Set the moment the reply is cut off. Cancelling its tasks takes effect only at their next await, and
     # meanwhile its player must not start another sentence.
     stopped: bool = False
+    failed: bool = False
 
     def stop(self) -> None:
         self.stopped = True
@@ -264,7 +265,7 @@ class CallSession:
     async def _end_turn(self, event: TurnEnded) -> None:
         reply = self._speculative
         self._speculative = None
-        if reply is None:
+        if reply is None or reply.failed:  # a speculation that failed (a model fault) gets one fresh try
             reply = self._start_reply(event.audio, event.speech_end_ms, speculative=False)
         reply.timings.vad_wait = time.perf_counter() - reply.speech_end_wall
         await self._commit(reply)
@@ -323,21 +324,20 @@ class CallSession:
     async def _run_reply(self, reply: _Reply) -> None:
         try:
             await self._answer(reply)
-        except asyncio.CancelledError:
-            if reply.committed.is_set():
-                self._remember(reply)
-            raise
         except Exception:
+            reply.failed = True
             log.exception("turn %d failed", reply.timings.turn)
-            if reply.committed.is_set() and "apology" in self._phrases:
+            if reply.committed.is_set() and not reply.stopped and "apology" in self._phrases:
                 await self.sender.play(self._phrases["apology"], f"t{reply.timings.turn}apology")
-        else:
+        finally:
+            # Interrupted turns are reported too: their timings (barge-in included, set a moment later on
+            # the same object) are what /stats and the bench read.
             if reply.committed.is_set():
                 self._remember(reply)
-        if reply.committed.is_set() and reply.user_text:
-            log.info("turn timings %s", {k: v for k, v in reply.timings.as_dict().items() if v is not None})
-            if self._on_turn is not None:
-                self._on_turn(reply.timings)
+                if reply.user_text:
+                    log.info("turn timings %s", {k: v for k, v in reply.timings.as_dict().items() if v is not None})
+                    if self._on_turn is not None:
+                        self._on_turn(reply.timings)
 
     def _remember(self, reply: _Reply) -> None:
         """Keep the turn in the history: what the caller said and what of the answer was sent (revised to

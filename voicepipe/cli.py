@@ -45,7 +45,9 @@ async def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
     async with contextlib.AsyncExitStack() as stack:
         url = args.url or await stack.enter_async_context(running_server(settings))
-        result = await simulate_call(url, [Path(p) for p in args.audio], reply_timeout=args.timeout)
+        result = await simulate_call(url, [Path(p) for p in args.audio], reply_timeout=args.timeout,
+                                     auth_token=settings.twilio_auth_token,
+                                     public_url=settings.webhook_url)
     transcriber = None
     if not args.no_transcribe:
         from voicepipe.stt import WhisperTranscriber
@@ -91,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             host = args.host or settings.host
             port = args.port if args.port is not None else settings.port
             log.info("serving on http://%s:%d (POST /voice, GET /media)", host, port)
-            run_server(settings, host, port)
+            try:
+                run_server(settings, host, port)
+            except ConfigError as exc:
+                print(f"configuration error: {exc}", file=sys.stderr)
+                return 2
             return 0
         return asyncio.run(_simulate(args, settings))
     except ModelFileError as exc:

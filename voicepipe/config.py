@@ -38,6 +38,7 @@ PHRASES = {
         "closing": "Thank you for calling. Goodbye!",
         "max_duration": "We have reached the time limit for this call. Thank you, goodbye!",
         "apology": "Sorry, I had a problem there. Could you say that again?",
+        "shutdown": "Sorry, I have to end this call now. Please call again later. Goodbye!",
         "dtmf": "(The caller pressed {digits} on the phone keypad.)",
     },
     "es": {
@@ -46,6 +47,7 @@ PHRASES = {
         "closing": "Gracias por llamar. ¡Adiós!",
         "max_duration": "Hemos llegado al tiempo máximo de esta llamada. Gracias, ¡adiós!",
         "apology": "Perdone, he tenido un problema. ¿Puede repetirlo?",
+        "shutdown": "Lo siento, tengo que terminar la llamada. Por favor, llame más tarde. ¡Adiós!",
         "dtmf": "(La persona que llama pulsó {digits} en el teclado del teléfono.)",
     },
 }
@@ -97,6 +99,8 @@ class Settings:
     silence_reprompt_s: float = 10.0  # caller silent this long: "are you still there?"
     silence_hangup_s: float = 10.0  # and this long again after the reprompt: goodbye and hang up
     max_call_s: float = 900.0
+    allow_unsigned: bool = False  # listen beyond loopback without TWILIO_AUTH_TOKEN (not recommended)
+    shutdown_grace_s: float = 30.0  # on SIGTERM, active calls get this long before the agent says goodbye
     turn: TurnSettings = field(default_factory=TurnSettings)
     log_level: str = "INFO"
 
@@ -226,6 +230,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         silence_reprompt_s=_float(env, "VOICEPIPE_SILENCE_REPROMPT_S", Settings.silence_reprompt_s, 1.0, 3600.0),
         silence_hangup_s=_float(env, "VOICEPIPE_SILENCE_HANGUP_S", Settings.silence_hangup_s, 1.0, 3600.0),
         max_call_s=_float(env, "VOICEPIPE_MAX_CALL_S", Settings.max_call_s, 10.0, 86400.0),
+        allow_unsigned=_bool(env, "VOICEPIPE_ALLOW_UNSIGNED", False),
+        shutdown_grace_s=_float(env, "VOICEPIPE_SHUTDOWN_GRACE_S", Settings.shutdown_grace_s, 0.0, 3600.0),
         turn=turn,
         log_level=log_level,
     )

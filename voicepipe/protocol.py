@@ -80,7 +80,7 @@ def _int(parent: dict[str, Any], key: str, default: int | None = None) -> int:
         raise ProtocolError(f"'{key}' must be a number")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # json.loads accepts Infinity and NaN
         raise ProtocolError(f"'{key}' must be a number, got {value!r}") from None
 
 

@@ -9,13 +9,15 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from voicepipe.call import CallSession, TurnTimings, prepare_speech
-from voicepipe.config import BUSY_MESSAGES, PHRASES, SAY_LANGUAGES, Settings
+from voicepipe.config import BUSY_MESSAGES, PHRASES, SAY_LANGUAGES, ConfigError, Settings
 from voicepipe.logs import call_sid_var
 from voicepipe.models import Models, load_models
 from voicepipe.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
@@ -29,6 +31,7 @@ CALL_TOKENS = web.AppKey("call_tokens", dict)  # token -> (CallSid, issued at)
 SESSIONS = web.AppKey("sessions", set)
 SOCKETS = web.AppKey("sockets", set)
 TURN_STATS = web.AppKey("turn_stats", deque)
+DRAINING = web.AppKey("draining", list)  # non-empty once shutdown began: no new calls
 # Callbacks run with each finished CallSession (its history included): call records and tests use it.
 CALL_ENDED = web.AppKey("call_ended", list)
 
@@ -45,6 +48,37 @@ def stream_url(request: web.Request, settings: Settings) -> str:
     return f"wss://{request.host}/media"
 
 
+SIGNED_PATHS = ("/voice", "/status", "/media")
+
+
+def public_url(request: web.Request, settings: Settings) -> str:
+    """The URL as Twilio requested it (the signature covers it): on WEBHOOK_URL's host when set, else the
+    request's own host. The tunnel ends TLS, so Twilio's scheme was https (wss for the stream)."""
+    if settings.webhook_url:
+        parts = urlsplit(settings.webhook_url)
+        base = f"https://{parts.netloc}{parts.path}"
+    else:
+        base = f"https://{request.host}"
+    url = base + request.path_qs
+    return "wss" + url[len("https"):] if request.path == "/media" else url
+
+
+@web.middleware
+async def require_twilio_signature(request: web.Request, handler: Any) -> web.StreamResponse:
+    """With TWILIO_AUTH_TOKEN set, only requests signed by Twilio get past: 403 before any work is done."""
+    settings = request.app[SETTINGS]
+    if not settings.twilio_auth_token or request.path not in SIGNED_PATHS:
+        return await handler(request)
+    signature = request.headers.get("X-Twilio-Signature", "")
+    params = dict(await request.post()) if request.method == "POST" else {}
+    url = public_url(request, settings)
+    if not signature or not RequestValidator(settings.twilio_auth_token).validate(url, params, signature):
+        log.warning("rejected %s %s: %s X-Twilio-Signature", request.method, request.path,
+                    "wrong" if signature else "missing")
+        raise web.HTTPForbidden(text="invalid or missing X-Twilio-Signature\n")
+    return await handler(request)
+
+
 async def voice(request: web.Request) -> web.Response:
     form = await request.post()
     call_sid = str(form.get("CallSid", ""))
@@ -54,7 +88,7 @@ async def voice(request: web.Request) -> web.Response:
         del tokens[stale]
     settings = request.app[SETTINGS]
     response = VoiceResponse()
-    if len(request.app[SESSIONS]) + len(tokens) >= settings.max_calls:
+    if request.app[DRAINING] or len(request.app[SESSIONS]) + len(tokens) >= settings.max_calls:
         # Saying so beats connecting a stream that would stutter for everyone.
         log.warning("call %s refused: %d calls is the maximum (VOICEPIPE_MAX_CALLS)", call_sid, settings.max_calls)
         response.say(BUSY_MESSAGES[settings.language], language=SAY_LANGUAGES[settings.language])
@@ -206,13 +240,14 @@ async def _close_sockets(app: web.Application) -> None:
 
 def create_app(settings: Settings, models: Models | None = None) -> web.Application:
     """Build the app; without `models`, they are loaded (and warmed) before the server accepts calls."""
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[require_twilio_signature])
     app[SETTINGS] = settings
     app[CALL_TOKENS] = {}
     app[SESSIONS] = set()
     app[SOCKETS] = set()
     app[TURN_STATS] = deque(maxlen=1000)
     app[CALL_ENDED] = []
+    app[DRAINING] = []
 
     async def models_ctx(app: web.Application) -> AsyncIterator[None]:
         loaded = models if models is not None else await asyncio.to_thread(load_models, settings)
@@ -234,5 +269,60 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     return app
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def check_exposure(settings: Settings, host: str) -> None:
+    """Without TWILIO_AUTH_TOKEN anyone could place "calls" into the models: say so, and stay on loopback
+    (where a tunnel still reaches us) unless the operator says otherwise."""
+    if settings.twilio_auth_token:
+        return
+    log.warning("TWILIO_AUTH_TOKEN is not set: requests are NOT checked for Twilio's signature; "
+                "anyone who can reach this server can open calls. Set TWILIO_AUTH_TOKEN in production.")
+    if host not in LOOPBACK_HOSTS and not settings.allow_unsigned:
+        raise ConfigError(
+            f"refusing to listen on {host} without TWILIO_AUTH_TOKEN; set it, or set "
+            "VOICEPIPE_ALLOW_UNSIGNED=1 to accept unsigned requests from the network anyway"
+        )
+
+
+async def drain(app: web.Application) -> None:
+    """Stop taking calls (/voice answers "busy"), give active calls the grace period to finish, then say
+    goodbye on the ones left and hang up."""
+    app[DRAINING].append(True)
+    settings = app[SETTINGS]
+    log.info("shutting down: no new calls; %d active, %.0f s grace", len(app[SESSIONS]), settings.shutdown_grace_s)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.shutdown_grace_s
+    while app[SESSIONS] and loop.time() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.gather(*(session.end_call("shutdown") for session in list(app[SESSIONS])), return_exceptions=True)
+
+
 def serve(settings: Settings, host: str, port: int) -> None:
-    web.run_app(create_app(settings), host=host, port=port, access_log=None, print=None)
+    """Run until SIGTERM/SIGINT, then drain calls and exit normally."""
+    import signal
+
+    from aiohttp.web_runner import GracefulExit
+
+    check_exposure(settings, host)
+    app = create_app(settings)
+
+    async def handle_signals(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+
+        def on_signal() -> None:
+            if stopping:
+                return
+            stopping.append(loop.create_task(drain(app)))
+            stopping[0].add_done_callback(lambda _: loop.call_soon(_exit))
+
+        def _exit() -> None:
+            raise GracefulExit()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal)
+
+    app.on_startup.append(handle_signals)
+    web.run_app(app, host=host, port=port, access_log=None, print=None, handle_signals=False)

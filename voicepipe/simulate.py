@@ -137,6 +137,14 @@ class _Playback:
         return taken
 
 
+def _signature(auth_token: str, url: str, params: dict[str, str]) -> dict[str, str]:
+    if not auth_token:
+        return {}
+    from twilio.request_validator import RequestValidator
+
+    return {"X-Twilio-Signature": RequestValidator(auth_token).compute_signature(url, params)}
+
+
 def _stream_from_twiml(twiml: str) -> tuple[str, dict[str, str]]:
     root = ET.fromstring(twiml)
     stream = root.find("./Connect/Stream")
@@ -162,9 +170,12 @@ async def simulate_call(
     reply_timeout: float = 30.0,
     quiet_seconds: float = 1.2,
     stay_on_line: float = 0.0,
+    auth_token: str = "",
+    public_url: str = "",
 ) -> CallResult:
     """One call: wait for the greeting, then play each caller turn and wait for its reply to finish playing.
-    With `stay_on_line`, stay silent that many seconds more (or until the server hangs up)."""
+    With `stay_on_line`, stay silent that many seconds more (or until the server hangs up). With
+    `auth_token`, requests are signed as Twilio signs them, over `public_url` (WEBHOOK_URL) when given."""
     call_sid = "CA" + secrets.token_hex(16)
     stream_sid = "MZ" + secrets.token_hex(16)
     script = [t if isinstance(t, CallerTurn) else CallerTurn(audio=t) for t in turns]
@@ -173,10 +184,13 @@ async def simulate_call(
     async with aiohttp.ClientSession() as http:
         form = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": "+15550000001", "To": "+15550000002",
                 "CallStatus": "ringing", "Direction": "inbound"}
-        async with http.post(f"{base_url}/voice", data=form) as response:
+        signing_base = public_url.rstrip("/") or "https://" + urlsplit(base_url).netloc
+        headers = _signature(auth_token, f"{signing_base}/voice", form)
+        async with http.post(f"{base_url}/voice", data=form, headers=headers) as response:
             response.raise_for_status()
             stream_url, params = _stream_from_twiml(await response.text())
-        async with http.ws_connect(_websocket_url(base_url, stream_url), autoclose=False) as ws:
+        ws_headers = _signature(auth_token, stream_url, {})
+        async with http.ws_connect(_websocket_url(base_url, stream_url), autoclose=False, headers=ws_headers) as ws:
             playback = _Playback(speed)
             sequence = 0
 
