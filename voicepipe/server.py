@@ -16,7 +16,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from voicepipe.call import CallSession, TurnTimings, prepare_speech
+from voicepipe.call import CallSession, prepare_speech
 from voicepipe.config import BUSY_MESSAGES, PHRASES, SAY_LANGUAGES, ConfigError, Settings
 from voicepipe.logs import call_sid_var
 from voicepipe.models import Models, load_models
@@ -170,7 +170,7 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                 call_sid_var.set(event.call_sid)
                 call_sid = event.call_sid
 
-                async def hang_up() -> None:
+                async def hang_up(call_sid: str = call_sid) -> None:
                     await ws.close(code=WSCloseCode.OK, message=b"call ended")
                     await complete_call(app[SETTINGS], call_sid)
 

@@ -247,7 +247,7 @@ async def simulate_call(
             try:
                 await listen(time.perf_counter() + reply_timeout, reply_finished)
                 _, greeting, _, _ = playback.take()
-                for index, (turn, clip) in enumerate(zip(script, clips)):
+                for index, (turn, clip) in enumerate(zip(script, clips, strict=True)):
                     next_turn = script[index + 1] if index + 1 < len(script) else None
                     speech_end_at = time.perf_counter()
                     onset_at = time.perf_counter()
