@@ -187,8 +187,9 @@ async def test_an_interruption_clears_and_the_history_keeps_only_what_was_heard(
         await wait_for(ended)
     story, interruption = result.turns
     assert result.cleared >= 1
-    # Barge-in waits for 300 ms of voiced speech (a backchannel is shorter); the onset itself takes ~200 ms.
-    assert interruption.clear_after_onset is not None and 0 < interruption.clear_after_onset < 1.0
+    # The clear answers the caller's speech (it comes after its onset). How fast is measured by
+    # scripts/bench.py --barge-in, not asserted here: tests do not assert on wall-clock time.
+    assert interruption.clear_after_onset is not None and interruption.clear_after_onset > 0
     history = ended[0].history
     roles = [m["role"] for m in history]
     assert roles == ["system", "assistant", "user", "assistant", "user", "assistant"], history
