@@ -140,6 +140,7 @@ class CallSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._turns = 0
         self._barged = False  # the current caller utterance already stopped the agent
+        self._speech_onset_ms = 0  # audio time the current caller utterance began
         self._dtmf_digits = ""
         self._dtmf_task: asyncio.Task[None] | None = None
         self._started = time.monotonic()
@@ -147,7 +148,6 @@ class CallSession:
         self._reprompted = False
         self.ending = False
         self.closed = False
-        self.barge_ins: list[float] = []  # onset -> clear, seconds
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -190,6 +190,7 @@ class CallSession:
             return
         for event in events:
             if isinstance(event, SpeechStarted):
+                self._speech_onset_ms = event.at_ms
                 self._barged = False
                 self._caller_active()
             elif isinstance(event, Paused) and self.settings.speculative:
@@ -289,9 +290,7 @@ class CallSession:
             reply.timings.interrupted = True
             self._revise_to_heard(reply)
             if count:
-                onset_ms = self.detector.clock_ms - self.detector.voiced_ms
-                reply.timings.barge_in = cleared_at - self._wall_time_of(onset_ms)
-                self.barge_ins.append(reply.timings.barge_in)
+                reply.timings.barge_in = cleared_at - self._wall_time_of(self._speech_onset_ms)
         log.info("caller interrupted the agent; cleared")
         log.debug("barge-in at audio %d ms after %d ms of voiced speech", self.detector.clock_ms,
                   self.detector.voiced_ms)

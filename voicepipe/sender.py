@@ -43,7 +43,6 @@ class PacedSender:
         self._progress = asyncio.Event()
         self._seq = 0
         self._clears = 0  # a play() that began before the latest clear sends nothing more
-        self.marks_sent = 0
 
     @property
     def outstanding_ms(self) -> int:
@@ -66,7 +65,6 @@ class PacedSender:
             self._pending.append(_Chunk(self._seq, tag, len(chunk) // 8))
             await self._send(media_message(self.stream_sid, chunk))
             await self._send(mark_message(self.stream_sid, f"{tag}.{self._seq}"))
-            self.marks_sent += 1
 
     async def _wait_for_room(self) -> None:
         while self.outstanding_ms >= self.lead_ms:
