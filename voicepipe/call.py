@@ -138,7 +138,8 @@ class CallSession:
         self._speculative: _Reply | None = None
         self._speaking: _Reply | None = None  # the committed reply, while it is produced or played
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._turns = 0
+        self._turns = 0  # committed turns; a turn's number (and its audio tags) is given at commit
+        self._replies = 0  # replies started, speculative ones included (names their tasks)
         self._barged = False  # the current caller utterance already stopped the agent
         self._speech_onset_ms = 0  # audio time the current caller utterance began
         self._dtmf_digits = ""
@@ -250,17 +251,16 @@ class CallSession:
     def _start_reply(
         self, audio: np.ndarray | None, speech_end_ms: int | None, speculative: bool, typed: str = ""
     ) -> _Reply:
-        self._turns += 1
-        timings = TurnTimings(call_sid=self.call_sid, turn=self._turns, speculative=speculative)
+        self._replies += 1
+        timings = TurnTimings(call_sid=self.call_sid, turn=0, speculative=speculative)
         wall = self._wall_time_of(speech_end_ms) if speech_end_ms is not None else time.perf_counter()
         reply = _Reply(audio=audio, speech_end_wall=wall, timings=timings, user_text=typed)
-        reply.task = self._spawn(self._run_reply(reply), f"turn{self._turns}")
+        reply.task = self._spawn(self._run_reply(reply), f"reply{self._replies}")
         return reply
 
     def _cancel_speculative(self) -> None:
         if self._speculative is not None:
             self._speculative.stop()
-            self._turns -= 1  # it never became a turn
         self._speculative = None
 
     async def _end_turn(self, event: TurnEnded) -> None:
@@ -275,6 +275,8 @@ class CallSession:
         if self.agent_speaking:
             # A whole new turn while the agent talks (it was not cut off yet, e.g. a short turn): stop it.
             await self._barge_in(count=False)
+        self._turns += 1
+        reply.timings.turn = self._turns
         self._speaking = reply
         reply.committed.set()
 
@@ -325,7 +327,8 @@ class CallSession:
             await self._answer(reply)
         except Exception:
             reply.failed = True
-            log.exception("turn %d failed", reply.timings.turn)
+            turn = reply.timings.turn
+            log.exception("%s failed", f"turn {turn}" if turn else "a speculative reply")
             if reply.committed.is_set() and not reply.stopped and "apology" in self._phrases:
                 await self.sender.play(self._phrases["apology"], f"t{reply.timings.turn}apology")
         finally:

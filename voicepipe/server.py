@@ -40,26 +40,26 @@ TOKEN_TTL_SECONDS = 60.0  # a /voice answer must open its stream within this tim
 MAX_WS_MESSAGE_BYTES = 64 * 1024
 
 
-def stream_url(request: web.Request, settings: Settings) -> str:
-    """The wss:// URL Twilio should open: on the tunnel's public host when WEBHOOK_URL is set."""
+def _public_base(request: web.Request, settings: Settings) -> str:
+    """https:// base URL as Twilio sees us: WEBHOOK_URL when set, else the request's own host (the tunnel
+    ends TLS, so Twilio's scheme was https even when the request reached us as http)."""
     if settings.webhook_url:
         parts = urlsplit(settings.webhook_url)
-        return f"wss://{parts.netloc}{parts.path}/media"
-    return f"wss://{request.host}/media"
+        return f"https://{parts.netloc}{parts.path}"
+    return f"https://{request.host}"
+
+
+def stream_url(request: web.Request, settings: Settings) -> str:
+    """The wss:// URL Twilio should open for the media stream."""
+    return "wss" + _public_base(request, settings)[len("https"):] + "/media"
 
 
 SIGNED_PATHS = ("/voice", "/status", "/media")
 
 
 def public_url(request: web.Request, settings: Settings) -> str:
-    """The URL as Twilio requested it (the signature covers it): on WEBHOOK_URL's host when set, else the
-    request's own host. The tunnel ends TLS, so Twilio's scheme was https (wss for the stream)."""
-    if settings.webhook_url:
-        parts = urlsplit(settings.webhook_url)
-        base = f"https://{parts.netloc}{parts.path}"
-    else:
-        base = f"https://{request.host}"
-    url = base + request.path_qs
+    """The URL as Twilio requested it, which its signature covers (wss:// for the stream)."""
+    url = _public_base(request, settings) + request.path_qs
     return "wss" + url[len("https"):] if request.path == "/media" else url
 
 
@@ -168,9 +168,8 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                     await reject("start without a valid call token from /voice")
                     break
                 call_sid_var.set(event.call_sid)
-                call_sid = event.call_sid
 
-                async def hang_up(call_sid: str = call_sid) -> None:
+                async def hang_up(call_sid: str = event.call_sid) -> None:
                     await ws.close(code=WSCloseCode.OK, message=b"call ended")
                     await complete_call(app[SETTINGS], call_sid)
 
