@@ -25,6 +25,7 @@ import numpy as np
 from voicepipe.chunker import SentenceChunker
 from voicepipe.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from voicepipe.config import GOODBYES, PHRASES, Settings
+from voicepipe.health import Health
 from voicepipe.llm import Message
 from voicepipe.models import Models
 from voicepipe.protocol import Media
@@ -122,8 +123,10 @@ class CallSession:
         phrases: dict[str, bytes] | None = None,
         on_turn: Callable[[TurnTimings], None] | None = None,
         hang_up: HangUp | None = None,
+        health: Health | None = None,
     ) -> None:
         self.settings = settings
+        self.health = health or Health()
         self.models = models
         self.call_sid = call_sid
         self.stream_sid = stream_sid
@@ -357,7 +360,8 @@ class CallSession:
     async def _answer(self, reply: _Reply) -> None:
         timings = reply.timings
         if reply.audio is not None:
-            transcript = await asyncio.to_thread(self.models.transcriber.transcribe, reply.audio)
+            with self.health.watch("stt"):
+                transcript = await asyncio.to_thread(self.models.transcriber.transcribe, reply.audio)
             timings.stt = transcript.seconds
             if not transcript.is_speech:
                 log.debug("utterance had no speech (no_speech_prob %.2f)", transcript.no_speech_prob)
@@ -389,11 +393,12 @@ class CallSession:
                 whole_reply.append(sentence)
 
         try:
-            async for delta in self.models.chat.stream(messages, key=self.call_sid):
-                if timings.llm_first_token is None:
-                    timings.llm_first_token = time.perf_counter() - started
-                for sentence in chunker.push(delta):
-                    emit(sentence)
+            with self.health.watch("llm"):
+                async for delta in self.models.chat.stream(messages, key=self.call_sid):
+                    if timings.llm_first_token is None:
+                        timings.llm_first_token = time.perf_counter() - started
+                    for sentence in chunker.push(delta):
+                        emit(sentence)
             for sentence in chunker.flush():
                 emit(sentence)
             if whole_reply:
@@ -413,7 +418,8 @@ class CallSession:
             pending = b""
             while (text := await sentences.get()) is not None:
                 started = time.perf_counter()
-                pcm = await asyncio.to_thread(synthesizer.synthesize, text)
+                with self.health.watch("tts"):
+                    pcm = await asyncio.to_thread(synthesizer.synthesize, text)
                 if timings.tts_first_audio is None:
                     timings.tts_first_audio = time.perf_counter() - started
                 audio = pending + pcm16_to_ulaw(resampler.process(pcm))

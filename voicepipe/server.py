@@ -18,6 +18,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from voicepipe.call import CallSession, prepare_speech
 from voicepipe.config import BUSY_MESSAGES, PHRASES, SAY_LANGUAGES, ConfigError, Settings
+from voicepipe.health import Health
 from voicepipe.logs import call_sid_var
 from voicepipe.models import Models, load_models
 from voicepipe.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
@@ -31,6 +32,7 @@ CALL_TOKENS = web.AppKey("call_tokens", dict)  # token -> (CallSid, issued at)
 SESSIONS = web.AppKey("sessions", set)
 SOCKETS = web.AppKey("sockets", set)
 TURN_STATS = web.AppKey("turn_stats", deque)
+HEALTH = web.AppKey("health", Health)
 DRAINING = web.AppKey("draining", list)  # non-empty once shutdown began: no new calls
 # Callbacks run with each finished CallSession (its history included): call records and tests use it.
 CALL_ENDED = web.AppKey("call_ended", list)
@@ -38,6 +40,39 @@ CALL_ENDED = web.AppKey("call_ended", list)
 TOKEN_PARAMETER = "voicepipe_token"
 TOKEN_TTL_SECONDS = 60.0  # a /voice answer must open its stream within this time (Twilio takes ~1 s)
 MAX_WS_MESSAGE_BYTES = 64 * 1024
+# Twilio sends audio in real time. A stream whose audio runs this far ahead of the wall clock is a flood:
+# handling it would take CPU from every other call.
+MAX_AUDIO_AHEAD_SECONDS = 3.0
+# Other messages (marks, DTMF, events we ignore) come a few per second; a burst above this is a flood too.
+MESSAGE_BURST = 500
+MESSAGES_PER_SECOND = 100.0
+# A send that cannot finish in this time means the client stopped reading: the call is dropped.
+SEND_TIMEOUT_SECONDS = 5.0
+
+
+class StreamLimits:
+    """Rate limits of one media stream: audio no faster than real time, other messages in a token bucket."""
+
+    def __init__(self) -> None:
+        self._first_media: float | None = None
+        self._audio_seconds = 0.0
+        self._tokens = float(MESSAGE_BURST)
+        self._refilled = time.monotonic()
+
+    def check(self, event: object) -> str | None:
+        """The reason to close the stream, or None when the message is within limits."""
+        now = time.monotonic()
+        if isinstance(event, Media):
+            if self._first_media is None:
+                self._first_media = now
+            self._audio_seconds += len(event.payload) / 8000
+            if self._audio_seconds - (now - self._first_media) > MAX_AUDIO_AHEAD_SECONDS:
+                return "media arriving faster than real time"
+            return None
+        self._tokens = min(MESSAGE_BURST, self._tokens + (now - self._refilled) * MESSAGES_PER_SECOND)
+        self._refilled = now
+        self._tokens -= 1
+        return "message flood" if self._tokens < 0 else None
 
 
 def _public_base(request: web.Request, settings: Settings) -> str:
@@ -63,6 +98,15 @@ def public_url(request: web.Request, settings: Settings) -> str:
     return "wss" + url[len("https"):] if request.path == "/media" else url
 
 
+async def read_form(request: web.Request) -> dict[str, str]:
+    """The webhook's form fields; a body that is not a valid form is a 400, not a server error."""
+    try:
+        return {k: str(v) for k, v in (await request.post()).items()}
+    except (UnicodeDecodeError, ValueError) as exc:
+        log.warning("rejected %s %s: malformed form body (%s)", request.method, request.path, type(exc).__name__)
+        raise web.HTTPBadRequest(text="malformed form body\n") from None
+
+
 @web.middleware
 async def require_twilio_signature(request: web.Request, handler: Any) -> web.StreamResponse:
     """With TWILIO_AUTH_TOKEN set, only requests signed by Twilio get past: 403 before any work is done."""
@@ -70,7 +114,7 @@ async def require_twilio_signature(request: web.Request, handler: Any) -> web.St
     if not settings.twilio_auth_token or request.path not in SIGNED_PATHS:
         return await handler(request)
     signature = request.headers.get("X-Twilio-Signature", "")
-    params = dict(await request.post()) if request.method == "POST" else {}
+    params = await read_form(request) if request.method == "POST" else {}
     url = public_url(request, settings)
     if not signature or not RequestValidator(settings.twilio_auth_token).validate(url, params, signature):
         log.warning("rejected %s %s: %s X-Twilio-Signature", request.method, request.path,
@@ -80,7 +124,7 @@ async def require_twilio_signature(request: web.Request, handler: Any) -> web.St
 
 
 async def voice(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await read_form(request)
     call_sid = str(form.get("CallSid", ""))
     tokens: dict[str, tuple[str, float]] = request.app[CALL_TOKENS]
     now = time.monotonic()
@@ -105,19 +149,26 @@ async def voice(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    form = await request.post()
+    form = await read_form(request)
     log.info("call %s status %s", form.get("CallSid", "?"), form.get("CallStatus", "?"))
     return web.Response(status=204)
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while every model stage works; 503 once one has failed several turns in a row."""
     models = request.app[MODELS]
+    health = request.app[HEALTH]
+    failing = health.failing
     return web.json_response(
         {
-            "status": "ok",
+            "status": "degraded" if failing else "ok",
+            "failing": failing,
+            "stages": health.report(),
             "active_calls": len(request.app[SESSIONS]),
+            "draining": bool(request.app[DRAINING]),
             "model_load_seconds": {k: round(v, 3) for k, v in models.load_seconds.items()},
-        }
+        },
+        status=503 if failing else 200,
     )
 
 
@@ -134,12 +185,22 @@ async def media(request: web.Request) -> web.WebSocketResponse:
     app = request.app
     app[SOCKETS].add(ws)
     session: CallSession | None = None
+    limits = StreamLimits()
 
     async def send(text: str) -> None:
         # A caller who hangs up mid-reply is normal: what is left of the reply has nowhere to go.
-        if not ws.closed:
-            with contextlib.suppress(ConnectionResetError):
+        if ws.closed:
+            return
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
                 await ws.send_str(text)
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            log.warning("closing media stream: the client stopped reading (a send waited %.0f s)",
+                        SEND_TIMEOUT_SECONDS)
+            if request.transport is not None:
+                request.transport.abort()  # a close handshake would wait on the same full buffer
 
     async def reject(reason: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
         log.warning("closing media stream: %s", reason)
@@ -157,7 +218,13 @@ async def media(request: web.Request) -> web.WebSocketResponse:
             except ProtocolError as exc:
                 await reject(f"protocol error: {exc}", WSCloseCode.UNSUPPORTED_DATA)
                 break
-            if event is None or isinstance(event, Connected):
+            if (reason := limits.check(event)) is not None:
+                await reject(reason)
+                break
+            if event is None:
+                log.debug("ignored an event this server does not know")
+                continue
+            if isinstance(event, Connected):
                 continue
             if isinstance(event, Start):
                 if session is not None:
@@ -182,6 +249,7 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                     phrases=app[PHRASE_AUDIO],
                     on_turn=app[TURN_STATS].append,
                     hang_up=hang_up,
+                    health=app[HEALTH],
                 )
                 app[SESSIONS].add(session)
                 log.info("call started (stream %s)", event.stream_sid)
@@ -247,6 +315,7 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     app[TURN_STATS] = deque(maxlen=1000)
     app[CALL_ENDED] = []
     app[DRAINING] = []
+    app[HEALTH] = Health()
 
     async def models_ctx(app: web.Application) -> AsyncIterator[None]:
         loaded = models if models is not None else await asyncio.to_thread(load_models, settings)

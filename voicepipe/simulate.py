@@ -148,6 +148,8 @@ def _signature(auth_token: str, url: str, params: dict[str, str]) -> dict[str, s
 def _stream_from_twiml(twiml: str) -> tuple[str, dict[str, str]]:
     root = ET.fromstring(twiml)
     stream = root.find("./Connect/Stream")
+    if stream is None and root.find("./Hangup") is not None:
+        raise CallRefused(" ".join(say.text or "" for say in root.findall("./Say")))
     if stream is None or not stream.get("url"):
         raise RuntimeError(f"/voice did not answer <Connect><Stream>: {twiml[:200]}")
     params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
@@ -295,6 +297,10 @@ async def simulate_call(
                 await ws.close()
             reader.cancel()
             return CallResult(call_sid, greeting, results, playback.cleared, hung_up, after)
+
+
+class CallRefused(RuntimeError):
+    """/voice answered with a message and a hang-up instead of a stream (the server is busy or draining)."""
 
 
 class _HungUp(Exception):
