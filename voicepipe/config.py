@@ -13,6 +13,7 @@ from dotenv import dotenv_values
 from voicepipe.turn import TurnSettings
 
 LANGUAGES = ("en", "es")
+LLM_BACKENDS = ("local", "openai", "local+openai")
 
 DEFAULT_SYSTEM_PROMPTS = {
     "en": (
@@ -91,6 +92,12 @@ class Settings:
     llm_threads: int = 0  # 0: llama.cpp's own choice
     stt_threads: int = 0
     llm_instances: int = 2  # llama.cpp copies of the model, so calls can generate at the same time
+    llm_backend: str = "local"  # local | openai | local+openai (local first, OpenAI-compatible as fallback)
+    openai_base_url: str = ""  # any OpenAI-compatible server (vLLM, llama.cpp server, Ollama); empty: OpenAI
+    openai_model: str = "gpt-4o-mini"
+    openai_context: int = 8192  # tokens the server's model takes; older turns are dropped to fit
+    llm_first_token_timeout_s: float = 2.0  # local+openai: no first token by then -> the fallback answers
+    llm_cooldown_s: float = 60.0  # local+openai: after a local failure, the fallback answers this long
     max_calls: int = 4  # above this, /voice answers "lines busy" instead of a stream that would stutter
     speculative: bool = True  # start STT and the LLM at a short pause, before the end of the turn
     streaming: bool = True  # speak sentence by sentence while the LLM goes on (False: whole reply at once)
@@ -176,6 +183,16 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         if parts.query or parts.fragment:
             raise ConfigError("WEBHOOK_URL must not carry a query string or fragment")
     language = _language(env.get("VOICEPIPE_LANGUAGE", "en"))
+    llm_backend = env.get("VOICEPIPE_LLM_BACKEND", "local").strip().lower() or "local"
+    if llm_backend not in LLM_BACKENDS:
+        raise ConfigError(f"VOICEPIPE_LLM_BACKEND={llm_backend!r} must be one of: {', '.join(LLM_BACKENDS)}")
+    openai_base_url = env.get("VOICEPIPE_OPENAI_BASE_URL", "").strip().rstrip("/")
+    if openai_base_url and urlsplit(openai_base_url).scheme not in ("http", "https"):
+        raise ConfigError(f"VOICEPIPE_OPENAI_BASE_URL={openai_base_url!r} must be an http(s):// URL (ending in /v1)")
+    openai_api_key = env.get("OPENAI_API_KEY", "").strip()
+    if llm_backend != "local" and not (openai_api_key or openai_base_url):
+        raise ConfigError(f"VOICEPIPE_LLM_BACKEND={llm_backend} needs OPENAI_API_KEY (or VOICEPIPE_OPENAI_BASE_URL "
+                          "for a server of your own)")
     log_level = env.get("VOICEPIPE_LOG_LEVEL", "INFO").strip().upper()
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"VOICEPIPE_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
@@ -200,7 +217,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         twilio_auth_token=env.get("TWILIO_AUTH_TOKEN", "").strip(),
         twilio_phone_number=env.get("TWILIO_PHONE_NUMBER", "").strip(),
         to_phone_number=env.get("TO_PHONE_NUMBER", "").strip(),
-        openai_api_key=env.get("OPENAI_API_KEY", "").strip(),
+        openai_api_key=openai_api_key,
         webhook_url=webhook_url,
         host=env.get("VOICEPIPE_HOST", "127.0.0.1").strip(),
         port=_int(env, "VOICEPIPE_PORT", 5000, 0, 65535),
@@ -217,6 +234,13 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         llm_threads=_int(env, "VOICEPIPE_LLM_THREADS", 0, 0, 256),
         stt_threads=_int(env, "VOICEPIPE_STT_THREADS", 0, 0, 256),
         llm_instances=_int(env, "VOICEPIPE_LLM_INSTANCES", Settings.llm_instances, 1, 64),
+        llm_backend=llm_backend,
+        openai_base_url=openai_base_url,
+        openai_model=env.get("VOICEPIPE_OPENAI_MODEL", "").strip() or Settings.openai_model,
+        openai_context=_int(env, "VOICEPIPE_OPENAI_CONTEXT", Settings.openai_context, 256, 10_000_000),
+        llm_first_token_timeout_s=_float(env, "VOICEPIPE_LLM_FIRST_TOKEN_TIMEOUT_S",
+                                         Settings.llm_first_token_timeout_s, 0.1, 120.0),
+        llm_cooldown_s=_float(env, "VOICEPIPE_LLM_COOLDOWN_S", Settings.llm_cooldown_s, 0.0, 86400.0),
         max_calls=_int(env, "VOICEPIPE_MAX_CALLS", Settings.max_calls, 1, 10_000),
         speculative=_bool(env, "VOICEPIPE_SPECULATIVE", True),
         streaming=_bool(env, "VOICEPIPE_STREAMING", True),

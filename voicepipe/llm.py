@@ -1,4 +1,6 @@
-"""Streaming chat with a local llama.cpp model: token deltas flow from a worker thread into asyncio."""
+"""Streaming chat with a local llama.cpp model: token deltas flow from a worker thread into asyncio.
+
+Other backends (OpenAI, any OpenAI-compatible server, local-with-fallback) are in llm_backends.py."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,7 +19,28 @@ _DONE = object()
 
 
 class ChatBackend(Protocol):
+    name: str  # which backend answers: "local", "openai", "local+openai"
+
     def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]: ...
+
+    def report(self) -> dict[str, object]: ...
+
+
+TEMPLATE_TOKENS = 6  # a chat template's markers around each message
+
+
+def fit_history(messages: list[Message], budget: int, count_tokens: Callable[[str], int]) -> list[Message]:
+    """Drop the oldest turns (never the system prompt or the newest message) until the prompt fits `budget`
+    tokens, so a long call never overflows the model's context."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    rest = messages[len(system) :]
+    costs = [count_tokens(m["content"]) + TEMPLATE_TOKENS for m in system + rest]
+    total = sum(costs)
+    start = 0
+    while total > budget and start < len(rest) - 1:
+        total -= costs[len(system) + start]
+        start += 1
+    return system + rest[start:]
 
 
 class InstancePool:
@@ -47,6 +70,10 @@ class InstancePool:
                 raise
         self._last_user[id(model)] = key
         return model
+
+    @property
+    def busy(self) -> bool:
+        return not self._free
 
     def release(self, model: Any) -> None:
         while self._waiters:
@@ -82,6 +109,10 @@ class LlamaChat:
                   verbose=False)
             for _ in range(instances)
         ]
+        self.name = "local"
+        self.model_path = model_path
+        # The chat template comes from the GGUF's own metadata (ChatML, Llama 3, Qwen, ...).
+        self.chat_format = str(self.instances[0].chat_format)
         self.n_ctx = n_ctx
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -100,17 +131,16 @@ class LlamaChat:
         return len(self.instances[0].tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def fit_history(self, messages: list[Message]) -> list[Message]:
-        """Drop the oldest turns (never the system prompt or the newest message) until the prompt fits."""
-        budget = self.n_ctx - self.max_tokens - 16
-        system = [m for m in messages[:1] if m["role"] == "system"]
-        rest = messages[len(system) :]
-        costs = [self.count_tokens(m["content"]) + 6 for m in system + rest]  # 6: the template's markers
-        total = sum(costs)
-        start = 0
-        while total > budget and start < len(rest) - 1:
-            total -= costs[len(system) + start]
-            start += 1
-        return system + rest[start:]
+        return fit_history(messages, self.n_ctx - self.max_tokens - 16, self.count_tokens)
+
+    @property
+    def saturated(self) -> bool:
+        """Every instance is busy: a new turn would wait for one."""
+        return self._pool is not None and self._pool.busy
+
+    def report(self) -> dict[str, object]:
+        return {"backend": self.name, "model": self.model_path.name, "chat_format": self.chat_format,
+                "context": self.n_ctx, "instances": len(self.instances)}
 
     def _generate(self, model: Any, messages: list[Message], emit: Any, cancelled: threading.Event) -> None:
         chunks = model.create_chat_completion(

@@ -12,6 +12,7 @@ import numpy as np
 
 from voicepipe.config import Settings
 from voicepipe.llm import ChatBackend, LlamaChat
+from voicepipe.llm_backends import FallbackChat, OpenAIChat
 from voicepipe.stt import Transcriber, WhisperTranscriber
 from voicepipe.tts import PiperSynthesizer, Synthesizer
 from voicepipe.vad import load_silero
@@ -44,9 +45,45 @@ def check_model_files(settings: Settings) -> None:
     _require(stt, "VOICEPIPE_STT_MODEL", "whisper model directory")
     for name in ("model.bin", "config.json", "tokenizer.json"):
         _require(stt / name, "VOICEPIPE_STT_MODEL", "whisper model file")
-    _require(settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
+    if settings.llm_backend == "local":  # with a fallback server, a missing local model is survivable
+        _require(settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
     _require(settings.tts_voice_path, "VOICEPIPE_TTS_VOICE", "Piper voice")
     _require(Path(f"{settings.tts_voice_path}.json"), "VOICEPIPE_TTS_VOICE", "Piper voice config")
+
+
+def load_local_chat(settings: Settings) -> LlamaChat:
+    _require(settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
+    try:
+        chat = LlamaChat(
+            settings.llm_model_path,
+            n_ctx=settings.llm_context,
+            n_threads=settings.llm_threads or None,
+            max_tokens=settings.llm_max_tokens,
+            temperature=settings.llm_temperature,
+            instances=settings.llm_instances,
+        )
+    except ValueError as exc:  # llama-cpp-python raises ValueError for unreadable GGUF files
+        raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. Re-fetch: {FETCH_HINT}") from exc
+    chat.warm(settings.system_prompt)
+    return chat
+
+
+def load_chat(settings: Settings) -> ChatBackend:
+    """The chat backend VOICEPIPE_LLM_BACKEND asks for."""
+    if settings.llm_backend == "local":
+        return load_local_chat(settings)
+    remote = OpenAIChat(settings.openai_api_key, settings.openai_model, settings.openai_base_url,
+                        context=settings.openai_context, max_tokens=settings.llm_max_tokens,
+                        temperature=settings.llm_temperature)
+    log.warning("LLM backend %s: conversations are sent to %s", settings.llm_backend, remote.report()["server"])
+    if settings.llm_backend == "openai":
+        return remote
+    local: LlamaChat | None = None
+    try:
+        local = load_local_chat(settings)
+    except ModelFileError as exc:
+        log.error("the local LLM is unavailable, every turn goes to the fallback server: %s", exc)
+    return FallbackChat(local, remote, settings.llm_first_token_timeout_s, settings.llm_cooldown_s)
 
 
 def load_models(settings: Settings) -> Models:
@@ -65,18 +102,7 @@ def load_models(settings: Settings) -> Models:
     seconds["stt"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    try:
-        chat = LlamaChat(
-            settings.llm_model_path,
-            n_ctx=settings.llm_context,
-            n_threads=settings.llm_threads or None,
-            max_tokens=settings.llm_max_tokens,
-            temperature=settings.llm_temperature,
-            instances=settings.llm_instances,
-        )
-    except ValueError as exc:  # llama-cpp-python raises ValueError for unreadable GGUF files
-        raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. Re-fetch: {FETCH_HINT}") from exc
-    chat.warm(settings.system_prompt)
+    chat = load_chat(settings)
     seconds["llm"] = time.perf_counter() - started
 
     started = time.perf_counter()

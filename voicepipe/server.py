@@ -164,6 +164,7 @@ async def healthz(request: web.Request) -> web.Response:
             "status": "degraded" if failing else "ok",
             "failing": failing,
             "stages": health.report(),
+            "llm": models.chat.report(),
             "active_calls": len(request.app[SESSIONS]),
             "draining": bool(request.app[DRAINING]),
             "model_load_seconds": {k: round(v, 3) for k, v in models.load_seconds.items()},

@@ -1,0 +1,193 @@
+"""LLM backends against a real OpenAI-compatible server: llama-cpp-python's own, with the offline SmolLM2 model."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.test_call_e2e import serving, user_turns, wait_for
+from tests.test_security import assert_logs_hold_no_words
+from tests.test_shutdown import free_port
+from voicepipe.config import ConfigError, Settings, load_settings
+from voicepipe.llm import LlamaChat, Message
+from voicepipe.llm_backends import FallbackChat, OpenAIChat
+from voicepipe.models import Models, load_chat
+from voicepipe.simulate import simulate_call
+
+pytestmark = pytest.mark.models
+ROOT = Path(__file__).parent.parent
+SERVER_MODEL = "smollm2"  # the alias the server answers to
+
+
+@pytest.fixture(scope="module")
+def llm_server(base_settings: Settings) -> Iterator[str]:
+    """`python -m llama_cpp.server` on a loopback port; yields its OpenAI base URL (…/v1)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(base_settings.llm_model_path), "--model_alias",
+         SERVER_MODEL, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--verbose", "False"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited: {server.stderr.read() if server.stderr else ''}")
+            try:
+                import urllib.request
+
+                with urllib.request.urlopen(f"{base_url}/models", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.25)
+        else:
+            raise RuntimeError("llama_cpp.server did not start in 120 s")
+        yield base_url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def openai_settings(settings: Settings, base_url: str, backend: str = "openai") -> Settings:
+    return dataclasses.replace(settings, llm_backend=backend, openai_base_url=base_url, openai_model=SERVER_MODEL,
+                               openai_context=2048)
+
+
+async def collect(chat: object, messages: list[Message], key: str = "") -> str:
+    return "".join([delta async for delta in chat.stream(messages, key)])  # type: ignore[attr-defined]
+
+
+def ask(text: str) -> list[Message]:
+    return [{"role": "system", "content": "Answer in one short sentence."}, {"role": "user", "content": text}]
+
+
+async def test_a_call_answered_by_an_openai_compatible_server(
+    base_settings: Settings, models: Models, speech_dir: Path, llm_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = openai_settings(base_settings, llm_server)
+    remote = dataclasses.replace(models, chat=load_chat(settings))
+    with caplog.at_level(logging.INFO):
+        async with serving(settings, remote) as (url, ended), aiohttp.ClientSession() as http:
+            result = await simulate_call(url, [speech_dir / "capital.wav", speech_dir / "thanks.wav"])
+            await wait_for(ended)
+            async with http.get(f"{url}/healthz") as response:
+                health = await response.json()
+    assert all(t.voice_to_voice is not None and t.reply_seconds > 0.3 for t in result.turns)
+    assert health["llm"] == {"backend": "openai", "model": SERVER_MODEL, "server": llm_server.split("/")[2]}
+    assert [m["role"] for m in ended[0].history][-4:] == ["user", "assistant", "user", "assistant"]
+    assert_logs_hold_no_words(caplog.text, ended[0])  # the privacy rule holds in this mode too
+
+
+async def test_local_model_that_cannot_load_falls_back_to_the_server(
+    base_settings: Settings, models: Models, speech_dir: Path, llm_server: str, tmp_path: Path
+) -> None:
+    corrupt = tmp_path / "broken.gguf"
+    corrupt.write_bytes(b"GGUF" + b"\0" * 64)
+    settings = dataclasses.replace(openai_settings(base_settings, llm_server, "local+openai"), llm_model=str(corrupt))
+    chat = load_chat(settings)
+    assert isinstance(chat, FallbackChat) and chat.primary is None
+    async with serving(settings, dataclasses.replace(models, chat=chat)) as (url, ended):
+        result = await simulate_call(url, [speech_dir / "capital.wav"])
+        await wait_for(ended)
+    (turn,) = result.turns
+    assert turn.voice_to_voice is not None and turn.reply_seconds > 0.3
+    assert "capital" in user_turns(ended[0])[0].lower()
+    assert chat.report()["answers"] == {"openai": 1} and chat.report()["fallbacks"] == {"unavailable": 1}
+
+
+class BrokenLocal:
+    """Stands in for the local model: fails (or stalls) before its first token."""
+
+    name = "local"
+    saturated = False
+
+    def __init__(self, stall: float = 0.0) -> None:
+        self.stall, self.calls = stall, 0
+
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]:
+        self.calls += 1
+        await asyncio.sleep(self.stall)
+        raise RuntimeError("injected LLM fault")
+        yield ""  # an async generator, like the real one
+
+    def report(self) -> dict[str, object]:
+        return {"backend": "local"}
+
+
+async def test_a_failing_local_model_rests_while_the_server_answers(llm_server: str) -> None:
+    remote = OpenAIChat("", SERVER_MODEL, llm_server, context=2048, max_tokens=24)
+    local = BrokenLocal()
+    chat = FallbackChat(local, remote, first_token_timeout=2.0, cooldown=60.0)  # type: ignore[arg-type]
+    answers = [await collect(chat, ask("What is two plus two?")) for _ in range(2)]
+    assert all(answers) and local.calls == 1  # the second turn did not wait on the failed model again
+    assert chat.fallbacks == {"error": 1, "resting": 1}
+
+    stalled = FallbackChat(BrokenLocal(stall=5.0), remote, first_token_timeout=0.3, cooldown=0.0)  # type: ignore[arg-type]
+    assert await collect(stalled, ask("Say hello."))
+    assert stalled.fallbacks == {"timeout": 1}
+
+
+async def test_a_saturated_local_model_sends_the_turn_to_the_server(models: Models, llm_server: str) -> None:
+    local = models.chat
+    assert isinstance(local, LlamaChat) and len(local.instances) == 2
+    chat = FallbackChat(local, OpenAIChat("", SERVER_MODEL, llm_server, context=2048, max_tokens=24), 5.0, 60.0)
+    story = ask("Tell me a long story about a dragon.")
+    holders = [chat.stream(story, f"call-{n}") for n in range(2)]
+    for holder in holders:  # both local instances are now busy mid-answer
+        assert await anext(holder)
+    try:
+        assert await collect(chat, ask("What is two plus two?"), "call-3")
+    finally:
+        for holder in holders:
+            await holder.aclose()
+    assert chat.answers == {"local": 2, "openai": 1} and chat.fallbacks == {"saturated": 1}
+
+
+async def test_when_the_fallback_fails_too_the_caller_hears_an_apology(
+    base_settings: Settings, models: Models, speech_dir: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    chat = FallbackChat(BrokenLocal(), OpenAIChat("", SERVER_MODEL, dead), 2.0, 60.0)  # type: ignore[arg-type]
+    async with serving(base_settings, dataclasses.replace(models, chat=chat)) as (url, ended):
+        result = await simulate_call(url, [speech_dir / "thanks.wav"])
+        await wait_for(ended)
+    (turn,) = result.turns
+    assert any("apology" in m for m in turn.marks) and turn.reply_seconds > 1.0
+
+
+@pytest.mark.parametrize("backend", ["local", "openai"])
+async def test_a_long_call_never_overflows_the_context(models: Models, llm_server: str, backend: str) -> None:
+    chat = models.chat if backend == "local" else OpenAIChat("", SERVER_MODEL, llm_server, context=2048, max_tokens=24)
+    history: list[Message] = [{"role": "system", "content": "You are a helpful phone assistant."}]
+    for turn in range(120):  # ~15,000 tokens of conversation against a 2,048-token context
+        history.append({"role": "user", "content": f"Question {turn}: tell me about the weather in Paris in spring."})
+        history.append({"role": "assistant", "content": "It is mild and often rainy, with blossoms everywhere. " * 2})
+    history.append({"role": "user", "content": "What is the capital of France?"})
+    assert await collect(chat, history)
+
+
+def test_backend_settings_are_checked() -> None:
+    base = {"VOICEPIPE_MODELS_DIR": str(ROOT / "models")}
+    with pytest.raises(ConfigError, match="VOICEPIPE_LLM_BACKEND"):
+        load_settings({**base, "VOICEPIPE_LLM_BACKEND": "cloud"}, env_file=None)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        load_settings({**base, "VOICEPIPE_LLM_BACKEND": "openai"}, env_file=None)
+    with pytest.raises(ConfigError, match="http"):
+        load_settings({**base, "VOICEPIPE_LLM_BACKEND": "openai", "VOICEPIPE_OPENAI_BASE_URL": "ftp://x"},
+                      env_file=None)
+    settings = load_settings({**base, "VOICEPIPE_LLM_BACKEND": "local+openai", "OPENAI_API_KEY": "sk-test",
+                              "VOICEPIPE_OPENAI_MODEL": "gpt-4.1-mini"}, env_file=None)
+    assert (settings.llm_backend, settings.openai_model, settings.openai_base_url) == ("local+openai",
+                                                                                       "gpt-4.1-mini", "")
+    assert settings.openai_api_key == "sk-test"

@@ -1,0 +1,137 @@
+"""Where answers come from: OpenAI or any OpenAI-compatible server (vLLM, llama.cpp's server, Ollama), and the
+local model with a per-turn fallback to such a server. All of them stream, so sentences are spoken as they come.
+
+With an OpenAI-compatible backend configured, the conversation (system prompt, what the caller said, earlier
+replies) is sent to that server: it is the only place call content goes besides Twilio."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+from voicepipe.llm import ChatBackend, LlamaChat, Message, fit_history
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 3  # a conservative estimate where the server's tokenizer is not at hand
+
+
+class OpenAIChat:
+    """Chat through the official `openai` async client, streaming."""
+
+    def __init__(
+        self,
+        api_key: str,
+        model: str,
+        base_url: str = "",
+        context: int = 8192,
+        max_tokens: int = 120,
+        temperature: float = 0.4,
+        timeout: float = 30.0,
+    ) -> None:
+        from openai import AsyncOpenAI
+
+        # Servers of one's own often need no key, but the client insists on one.
+        self.client = AsyncOpenAI(api_key=api_key or "no-key", base_url=base_url or None, timeout=timeout,
+                                  max_retries=0)
+        self.name = "openai"
+        self.model = model
+        self.base_url = base_url
+        self.context = context
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+
+    def fit_history(self, messages: list[Message]) -> list[Message]:
+        return fit_history(messages, self.context - self.max_tokens - 16, lambda text: len(text) // CHARS_PER_TOKEN + 1)
+
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]:
+        chunks = await self.client.chat.completions.create(
+            model=self.model,
+            messages=self.fit_history(messages),  # type: ignore[arg-type]
+            stream=True,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+        )
+        try:
+            async for chunk in chunks:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        finally:
+            await chunks.close()  # a cancelled turn stops the server's generation too
+
+    def report(self) -> dict[str, object]:
+        host = urlsplit(self.base_url).netloc if self.base_url else "api.openai.com"
+        return {"backend": self.name, "model": self.model, "server": host}
+
+
+class FallbackChat:
+    """The local model first; the OpenAI-compatible server for a turn when the local model fails, gives no
+    first token within `first_token_timeout` seconds, or is saturated (all instances busy). After a failure the
+    local model rests for `cooldown` seconds instead of being tried (and waited for) on every turn. Without a
+    primary (the local model could not be loaded), every turn goes to the server."""
+
+    def __init__(
+        self, primary: LlamaChat | None, secondary: ChatBackend, first_token_timeout: float, cooldown: float
+    ) -> None:
+        self.name = f"local+{secondary.name}"
+        self.primary = primary
+        self.secondary = secondary
+        self.first_token_timeout = first_token_timeout
+        self.cooldown = cooldown
+        self.answers: Counter[str] = Counter()  # turns answered, by backend
+        self.fallbacks: Counter[str] = Counter()  # turns that fell back, by reason
+        self.last_fallback_reason = ""
+        self._primary_resting_until = 0.0
+
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]:
+        reason = self._reason_to_skip_primary()
+        if reason is None and self.primary is not None:
+            deltas = self.primary.stream(messages, key)
+            try:
+                async with asyncio.timeout(self.first_token_timeout):
+                    first = await anext(deltas, None)
+            except (Exception, TimeoutError) as exc:
+                await deltas.aclose()
+                reason = "timeout" if isinstance(exc, TimeoutError) else "error"
+                self._primary_resting_until = time.monotonic() + self.cooldown
+                log.warning("local LLM %s (%s); answering from %s, local again in %.0f s", reason,
+                            type(exc).__name__, self.secondary.name, self.cooldown)
+            else:
+                self.answers["local"] += 1
+                log.info("turn answered by local")
+                if first is not None:
+                    yield first
+                    async for delta in deltas:
+                        yield delta
+                return
+        self.fallbacks[reason] += 1
+        self.last_fallback_reason = reason
+        self.answers[self.secondary.name] += 1
+        log.info("turn answered by %s (fallback: local %s)", self.secondary.name, reason)
+        async for delta in self.secondary.stream(messages, key):
+            yield delta
+
+    def _reason_to_skip_primary(self) -> str | None:
+        if self.primary is None:
+            return "unavailable"
+        if time.monotonic() < self._primary_resting_until:
+            return "resting"
+        if self.primary.saturated:
+            return "saturated"
+        return None
+
+    def report(self) -> dict[str, object]:
+        resting = max(0.0, self._primary_resting_until - time.monotonic())
+        return {
+            "backend": self.name,
+            "local": self.primary.report() if self.primary is not None else "unavailable",
+            "fallback": self.secondary.report(),
+            "answers": dict(self.answers),
+            "fallbacks": dict(self.fallbacks),
+            "last_fallback_reason": self.last_fallback_reason,
+            "local_resting_s": round(resting, 1),
+        }

@@ -1,0 +1,100 @@
+"""Placing calls through Twilio's REST API: a conversation (Twilio fetches /voice from WEBHOOK_URL) or a one-way
+message spoken by Twilio's <Say> (no webhook, no tunnel needed)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from twilio.twiml.voice_response import VoiceResponse
+
+from voicepipe.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
+FINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+MAX_SAY_CHARS = 4000  # Twilio's limit on <Say> text
+
+
+def twilio_client(settings: Settings) -> Any:
+    """The official twilio client; VOICEPIPE_TWILIO_API_URL points it elsewhere (a regional edge, a test)."""
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        raise ConfigError("TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set (in .env or the environment)")
+    from twilio.rest import Client
+
+    client = Client(settings.twilio_account_sid, settings.twilio_auth_token)
+    if settings.twilio_api_url:
+        client.api.base_url = settings.twilio_api_url
+    return client
+
+
+def check_number(number: str, setting: str) -> str:
+    number = number.strip().replace(" ", "").replace("-", "")
+    if not E164.match(number):
+        raise ConfigError(f"{setting}={number!r} is not an E.164 phone number (like +14155550123)")
+    return number
+
+
+def say_twiml(text: str, settings: Settings) -> str:
+    """One-way call: Twilio speaks the text in the call's language and voice, then hangs up."""
+    text = " ".join(text.split())
+    if not text:
+        raise ConfigError("the message to speak is empty")
+    if len(text) > MAX_SAY_CHARS:
+        raise ConfigError(f"the message is {len(text)} characters; Twilio speaks at most {MAX_SAY_CHARS}")
+    response = VoiceResponse()
+    response.say(text, language=settings.say_language, voice=settings.say_voice or None)
+    response.hangup()
+    return str(response)
+
+
+def place_call(settings: Settings, to: str, twiml: str | None = None, client: Any = None) -> str:
+    """Start a call from TWILIO_PHONE_NUMBER to `to`; returns its CallSid. Without `twiml`, Twilio asks
+    WEBHOOK_URL/voice what to do, and reports the call's progress to WEBHOOK_URL/status."""
+    to = check_number(to, "the number to call (or TO_PHONE_NUMBER)")
+    from_ = check_number(settings.twilio_phone_number, "TWILIO_PHONE_NUMBER")
+    client = client or twilio_client(settings)
+    options: dict[str, Any] = {"to": to, "from_": from_}
+    if twiml is not None:
+        options["twiml"] = twiml
+    else:
+        if not settings.webhook_url:
+            raise ConfigError("WEBHOOK_URL must be set to your tunnel's public https:// URL for a conversation "
+                              "(a one-way --message needs none)")
+        options["url"] = f"{settings.webhook_url}/voice"
+        options["method"] = "POST"
+    if settings.webhook_url:
+        options["status_callback"] = f"{settings.webhook_url}/status"
+        options["status_callback_event"] = STATUS_EVENTS
+        options["status_callback_method"] = "POST"
+    call = client.calls.create(**options)
+    log.info("placed call %s to %s", call.sid, to)
+    return str(call.sid)
+
+
+def follow_call(
+    settings: Settings,
+    call_sid: str,
+    report: Callable[[str], None],
+    client: Any = None,
+    interval: float = 2.0,
+    timeout: float = 3600.0,
+) -> str:
+    """Poll the call's status until it ends, reporting each change; returns the final status."""
+    client = client or twilio_client(settings)
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        status = str(client.calls(call_sid).fetch().status)
+        if status != last:
+            report(status)
+            last = status
+        if status in FINAL_STATUSES:
+            return status
+        time.sleep(interval)
+    return last
