@@ -9,7 +9,10 @@ setup:
 run: setup
 	$(VENV)/bin/voicepipe serve
 
-test: setup
+# The tests also use the multilingual whisper (Spanish) and espeak-ng (Spanish test speech).
+test:
+	./scripts/setup.sh default multilingual-stt
+	./scripts/test_deps.sh
 	$(VENV)/bin/python -m pytest
 
 bench: setup

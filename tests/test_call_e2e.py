@@ -172,7 +172,7 @@ async def test_calls_above_the_maximum_hear_a_busy_message(base_settings: Settin
         async with http.post(f"{url}/voice", data={"CallSid": "CA2"}) as response:
             busy = await response.text()
     assert "<Connect>" not in busy
-    assert '<Say language="en-US">Sorry, all our lines are busy' in busy and "<Hangup />" in busy
+    assert '<Say language="en-US" voice="Polly.Joanna">Sorry, all our lines are busy' in busy and "<Hangup />" in busy
 
 
 async def test_an_interruption_clears_and_the_history_keeps_only_what_was_heard(

@@ -23,8 +23,19 @@ def test_env_file_is_read_and_environment_wins(tmp_path: Path) -> None:
 
 def test_language_variants_select_defaults() -> None:
     settings = load_settings({"VOICEPIPE_LANGUAGE": "es-MX"}, env_file=None)
-    assert settings.language == "es"
+    assert (settings.language, settings.say_language, settings.say_voice) == ("es", "es-MX", "Polly.Mia")
     assert settings.greeting == DEFAULT_GREETINGS["es"]
+    assert settings.stt_model == "whisper-base" and "qwen2.5" in settings.llm_model and "es_ES" in settings.tts_voice
+    spain = load_settings({"VOICEPIPE_LANGUAGE": "es", "VOICEPIPE_SAY_VOICE": "Polly.Conchita"}, env_file=None)
+    assert (spain.say_language, spain.say_voice) == ("es-ES", "Polly.Conchita")
+
+
+def test_missing_spanish_models_name_the_download_command(tmp_path: Path) -> None:
+    from voicepipe.models import ModelFileError, check_model_files
+
+    settings = load_settings({"VOICEPIPE_LANGUAGE": "es", "VOICEPIPE_MODELS_DIR": str(tmp_path)}, env_file=None)
+    with pytest.raises(ModelFileError, match=r"whisper-base.*download_models.py --preset es"):
+        check_model_files(settings)
 
 
 @pytest.mark.parametrize(
@@ -35,6 +46,9 @@ def test_language_variants_select_defaults() -> None:
         ({"WEBHOOK_URL": "http://insecure.example"}, "WEBHOOK_URL"),
         ({"WEBHOOK_URL": "https://x.example/?a=1"}, "WEBHOOK_URL"),
         ({"VOICEPIPE_LANGUAGE": "fr"}, "VOICEPIPE_LANGUAGE"),
+        ({"VOICEPIPE_LANGUAGE": "es-XX"}, "VOICEPIPE_LANGUAGE"),
+        ({"VOICEPIPE_TWILIO_API_URL": "api.twilio.com"}, "VOICEPIPE_TWILIO_API_URL"),
+        ({"VOICEPIPE_TRANSCRIPTS": "maybe"}, "VOICEPIPE_TRANSCRIPTS"),
         ({"VOICEPIPE_VAD_AGGRESSIVENESS": "4"}, "VOICEPIPE_VAD_AGGRESSIVENESS"),
         ({"VOICEPIPE_PAUSE_MS": "900", "VOICEPIPE_END_OF_TURN_MS": "500"}, "VOICEPIPE_PAUSE_MS"),
         ({"VOICEPIPE_LLM_TEMPERATURE": "hot"}, "VOICEPIPE_LLM_TEMPERATURE"),

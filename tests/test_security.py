@@ -15,6 +15,7 @@ from tests.test_call_e2e import serving, wait_for
 from voicepipe.call import CallSession
 from voicepipe.config import ConfigError, Settings
 from voicepipe.models import Models
+from voicepipe.records import CallRecords
 from voicepipe.server import check_exposure
 from voicepipe.simulate import simulate_call
 
@@ -100,9 +101,11 @@ async def test_logs_at_info_hold_no_words_of_the_call(
 ) -> None:
     with caplog.at_level(logging.INFO):
         async with serving(base_settings, models) as (url, ended):
-            await simulate_call(url, [speech_dir / "capital.wav"])
+            result = await simulate_call(url, [speech_dir / "capital.wav"])
             await wait_for(ended)
     assert_logs_hold_no_words(caplog.text, ended[0])
+    record = CallRecords(base_settings.data_dir).get(result.call_sid)
+    assert record is not None and record["turns"] == 1 and record["transcript"] is None  # not stored by default
 
 
 def assert_logs_hold_no_words(logged: str, session: CallSession) -> None:

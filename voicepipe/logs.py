@@ -21,6 +21,7 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Libraries' INFO chatter (HTTP access lines carry no content, but are noisy) stays at WARNING.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    # Libraries' INFO chatter stays at WARNING: it is noisy, and twilio's request log would print the text of
+    # a one-way message (the privacy rule: no call content at INFO).
+    for name in ("aiohttp.access", "faster_whisper", "twilio.http_client", "httpx", "openai"):
+        logging.getLogger(name).setLevel(logging.WARNING)

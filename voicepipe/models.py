@@ -19,7 +19,9 @@ from voicepipe.vad import load_silero
 
 log = logging.getLogger(__name__)
 
-FETCH_HINT = "python scripts/download_models.py"
+def fetch_command(settings: Settings) -> str:
+    preset = "" if settings.language == "en" else f" --preset {settings.language}"
+    return f"python scripts/download_models.py{preset}"
 
 
 class ModelFileError(RuntimeError):
@@ -35,24 +37,25 @@ class Models:
     silero: Any = None  # onnxruntime session of Silero VAD, shared; each call keeps its own state
 
 
-def _require(path: Path, setting: str, what: str) -> None:
+def _require(settings: Settings, path: Path, setting: str, what: str) -> None:
     if not path.exists() or (path.is_file() and path.stat().st_size == 0):
-        raise ModelFileError(f"{what} not found: {path} (from {setting}). Fetch the models with: {FETCH_HINT}")
+        raise ModelFileError(f"{what} not found: {path} (from {setting}). Fetch the models with: "
+                             f"{fetch_command(settings)}")
 
 
 def check_model_files(settings: Settings) -> None:
     stt = settings.stt_model_path
-    _require(stt, "VOICEPIPE_STT_MODEL", "whisper model directory")
+    _require(settings, stt, "VOICEPIPE_STT_MODEL", "whisper model directory")
     for name in ("model.bin", "config.json", "tokenizer.json"):
-        _require(stt / name, "VOICEPIPE_STT_MODEL", "whisper model file")
+        _require(settings, stt / name, "VOICEPIPE_STT_MODEL", "whisper model file")
     if settings.llm_backend == "local":  # with a fallback server, a missing local model is survivable
-        _require(settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
-    _require(settings.tts_voice_path, "VOICEPIPE_TTS_VOICE", "Piper voice")
-    _require(Path(f"{settings.tts_voice_path}.json"), "VOICEPIPE_TTS_VOICE", "Piper voice config")
+        _require(settings, settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
+    _require(settings, settings.tts_voice_path, "VOICEPIPE_TTS_VOICE", "Piper voice")
+    _require(settings, Path(f"{settings.tts_voice_path}.json"), "VOICEPIPE_TTS_VOICE", "Piper voice config")
 
 
 def load_local_chat(settings: Settings) -> LlamaChat:
-    _require(settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
+    _require(settings, settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
     try:
         chat = LlamaChat(
             settings.llm_model_path,
@@ -63,7 +66,8 @@ def load_local_chat(settings: Settings) -> LlamaChat:
             instances=settings.llm_instances,
         )
     except ValueError as exc:  # llama-cpp-python raises ValueError for unreadable GGUF files
-        raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. Re-fetch: {FETCH_HINT}") from exc
+        raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. "
+                             f"Re-fetch: {fetch_command(settings)}") from exc
     chat.warm(settings.system_prompt)
     return chat
 
@@ -97,7 +101,8 @@ def load_models(settings: Settings) -> Models:
             settings.stt_model_path, settings.language, cpu_threads=settings.stt_threads
         )
     except RuntimeError as exc:
-        raise ModelFileError(f"cannot load whisper model {settings.stt_model_path}: {exc}. Re-fetch: {FETCH_HINT}") from exc
+        raise ModelFileError(f"cannot load whisper model {settings.stt_model_path}: {exc}. "
+                             f"Re-fetch: {fetch_command(settings)}") from exc
     transcriber.transcribe(np.zeros(8000, dtype=np.int16))  # first encode allocates buffers
     seconds["stt"] = time.perf_counter() - started
 
@@ -109,7 +114,8 @@ def load_models(settings: Settings) -> Models:
     try:
         synthesizer = PiperSynthesizer(settings.tts_voice_path)
     except Exception as exc:  # onnxruntime raises its own exception types for a corrupt file
-        raise ModelFileError(f"cannot load Piper voice {settings.tts_voice_path}: {exc}. Re-fetch: {FETCH_HINT}") from exc
+        raise ModelFileError(f"cannot load Piper voice {settings.tts_voice_path}: {exc}. "
+                             f"Re-fetch: {fetch_command(settings)}") from exc
     synthesizer.synthesize("Hello.")
     seconds["tts"] = time.perf_counter() - started
 

@@ -16,11 +16,12 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from voicepipe.call import CallSession, prepare_speech
-from voicepipe.config import BUSY_MESSAGES, PHRASES, SAY_LANGUAGES, ConfigError, Settings
+from voicepipe.call import CallSession, TurnTimings, prepare_speech
+from voicepipe.config import BUSY_MESSAGES, PHRASES, ConfigError, Settings
 from voicepipe.health import Health
 from voicepipe.logs import call_sid_var
 from voicepipe.models import Models, load_models
+from voicepipe.records import CallRecords
 from voicepipe.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ SESSIONS = web.AppKey("sessions", set)
 SOCKETS = web.AppKey("sockets", set)
 TURN_STATS = web.AppKey("turn_stats", deque)
 HEALTH = web.AppKey("health", Health)
+RECORDS = web.AppKey("records", CallRecords)
 DRAINING = web.AppKey("draining", list)  # non-empty once shutdown began: no new calls
 # Callbacks run with each finished CallSession (its history included): call records and tests use it.
 CALL_ENDED = web.AppKey("call_ended", list)
@@ -131,11 +133,17 @@ async def voice(request: web.Request) -> web.Response:
     for stale in [t for t, (_, issued) in tokens.items() if now - issued > TOKEN_TTL_SECONDS]:
         del tokens[stale]
     settings = request.app[SETTINGS]
+    records = request.app[RECORDS]
+    if call_sid:
+        records.call_offered(call_sid, form.get("Direction", ""), form.get("From", ""), form.get("To", ""),
+                             settings.language)
     response = VoiceResponse()
     if request.app[DRAINING] or len(request.app[SESSIONS]) + len(tokens) >= settings.max_calls:
         # Saying so beats connecting a stream that would stutter for everyone.
         log.warning("call %s refused: %d calls is the maximum (VOICEPIPE_MAX_CALLS)", call_sid, settings.max_calls)
-        response.say(BUSY_MESSAGES[settings.language], language=SAY_LANGUAGES[settings.language])
+        if call_sid:
+            records.stream_ended(call_sid, "busy", 0, None)
+        response.say(BUSY_MESSAGES[settings.language], language=settings.say_language, voice=settings.say_voice or None)
         response.hangup()
         return web.Response(text=str(response), content_type="application/xml")
     token = secrets.token_urlsafe(18)
@@ -150,7 +158,13 @@ async def voice(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     form = await read_form(request)
-    log.info("call %s status %s", form.get("CallSid", "?"), form.get("CallStatus", "?"))
+    call_sid, call_status = form.get("CallSid", ""), form.get("CallStatus", "")
+    log.info("call %s status %s", call_sid or "?", call_status or "?")
+    if call_sid and call_status:
+        sequence = form.get("SequenceNumber", "")
+        records = request.app[RECORDS]
+        records.call_offered(call_sid, form.get("Direction", ""), form.get("From", ""), form.get("To", ""))
+        records.status(call_sid, call_status, int(sequence) if sequence.isdigit() else None)
     return web.Response(status=204)
 
 
@@ -187,6 +201,13 @@ async def media(request: web.Request) -> web.WebSocketResponse:
     app[SOCKETS].add(ws)
     session: CallSession | None = None
     limits = StreamLimits()
+    outcome = "disconnected"  # how the stream ended, for the call record
+    records = app[RECORDS]
+    settings = app[SETTINGS]
+
+    def turn_done(timings: TurnTimings) -> None:
+        app[TURN_STATS].append(timings)
+        records.turn(timings.call_sid, timings.turn, timings.as_dict())
 
     async def send(text: str) -> None:
         # A caller who hangs up mid-reply is normal: what is left of the reply has nowhere to go.
@@ -204,6 +225,8 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                 request.transport.abort()  # a close handshake would wait on the same full buffer
 
     async def reject(reason: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
+        nonlocal outcome
+        outcome = "stream_error"
         log.warning("closing media stream: %s", reason)
         await ws.close(code=code, message=reason.encode()[:120])
 
@@ -248,11 +271,12 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                     stream_sid=event.stream_sid,
                     send=send,
                     phrases=app[PHRASE_AUDIO],
-                    on_turn=app[TURN_STATS].append,
+                    on_turn=turn_done,
                     hang_up=hang_up,
                     health=app[HEALTH],
                 )
                 app[SESSIONS].add(session)
+                records.stream_started(event.call_sid)
                 log.info("call started (stream %s)", event.stream_sid)
                 await session.begin()
                 continue
@@ -270,6 +294,7 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                 await session.handle_dtmf(event.digit)
             elif isinstance(event, Stop):
                 log.info("call stopped by Twilio")
+                outcome = "caller_hung_up"
                 break
     finally:
         app[SOCKETS].discard(ws)
@@ -277,6 +302,9 @@ async def media(request: web.Request) -> web.WebSocketResponse:
             app[SESSIONS].discard(session)
             await session.close()
             log.info("call ended")
+            said = [m for m in session.history if m["role"] != "system"]
+            records.stream_ended(session.call_sid, session.end_reason or outcome,
+                                 sum(m["role"] == "user" for m in said), said if settings.transcripts else None)
             for observer in app[CALL_ENDED]:
                 observer(session)
         if not ws.closed:
@@ -318,6 +346,11 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     app[DRAINING] = []
     app[HEALTH] = Health()
 
+    async def records_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[RECORDS] = CallRecords(settings.data_dir)
+        yield
+        app[RECORDS].close()
+
     async def models_ctx(app: web.Application) -> AsyncIterator[None]:
         loaded = models if models is not None else await asyncio.to_thread(load_models, settings)
         app[MODELS] = loaded
@@ -328,6 +361,7 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
         }
         yield
 
+    app.cleanup_ctx.append(records_ctx)
     app.cleanup_ctx.append(models_ctx)
     app.on_shutdown.append(_close_sockets)
     app.router.add_post("/voice", voice)
