@@ -84,7 +84,8 @@ async def run_calls(base: str, calls: int, turns: int, audio: list[Path], settin
 
 async def bench(args: argparse.Namespace) -> None:
     settings = load_settings()
-    settings = dataclasses.replace(settings, max_calls=max(settings.max_calls, *args.calls))
+    settings = dataclasses.replace(settings, max_calls=max(settings.max_calls, *args.calls),
+                                   device=args.device or settings.device)
     modes: dict[str, Settings | None] = {"server": None} if args.url else {
         "streaming+speculative": settings,
         **({} if args.no_naive else {"naive": dataclasses.replace(settings, speculative=False, streaming=False)}),
@@ -106,7 +107,8 @@ async def bench(args: argparse.Namespace) -> None:
                     rows.append((mode, calls, await run_calls(base, calls, args.turns, audio, settings)))
         if args.barge_in and models is not None:
             await bench_barge_in(settings, models, args.barge_in, Path(tmp))
-    print("\nvoice-to-voice (caller's view, ms) and per-stage p50 (server's view, ms)")
+    device = models.device if models is not None else "server's"
+    print(f"\nvoice-to-voice (caller's view, ms) and per-stage p50 (server's view, ms); models on {device}")
     header = f"{'mode':22s} {'calls':>5s} {'p50':>6s} {'p95':>6s} {'n':>4s} {'miss':>4s} {'underruns':>9s}"
     print(header + "".join(f" {s[:12]:>12s}" for s in STAGES))
     for mode, calls, r in rows:
@@ -148,6 +150,8 @@ def main() -> int:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive (no speculation, no streaming) run")
     parser.add_argument("--barge-in", type=int, default=0, metavar="N",
                         help="also measure N interruptions: speech onset -> clear (in-process server only)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                        help="where the models run (default VOICEPIPE_DEVICE, auto)")
     args = parser.parse_args()
     setup_logging("WARNING")
     asyncio.run(bench(args))

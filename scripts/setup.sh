@@ -1,25 +1,42 @@
 #!/usr/bin/env bash
 # Install voicepipe into .venv and fetch models. Idempotent: a second run only re-checks.
-# The one install recipe: `make setup` runs it, and so does the GPU image (Dockerfile.gpu).
+# The one install recipe: `make setup` runs it, and so does the GPU image (Dockerfile.gpu, VOICEPIPE_GPU=1).
 # Usage: scripts/setup.sh [PRESET ...]   (model presets of models/manifest.json; default: default)
+# Environment: PYTHON, VENV, VOICEPIPE_EXTRAS (default test), VOICEPIPE_GPU=1 (CUDA builds),
+#              VOICEPIPE_SKIP_MODELS=1 (install only; the image mounts its models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
+EXTRAS="${VOICEPIPE_EXTRAS-test}"  # set and empty: no extras
+GPU="${VOICEPIPE_GPU:-0}"
 # llama.cpp's native build uses AMX on these Xeons and segfaults at the first decode; these portable
-# flags are also what an image built on one host and run on another needs. The GPU image adds -DGGML_CUDA=on.
-export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
-EXTRAS="${VOICEPIPE_EXTRAS:-test}"
+# flags are also what an image built on one host and run on another needs.
+PORTABLE="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
+PIP_OPTIONS=(--quiet)
+if [ "$GPU" = 1 ]; then
+    export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_CUDA=on $PORTABLE}"
+    # pip's wheel cache does not key on CMAKE_ARGS: a cached CPU build would be reused silently.
+    PIP_OPTIONS+=(--no-cache-dir)
+else
+    export CMAKE_ARGS="${CMAKE_ARGS:-$PORTABLE}"
+fi
 
 if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 stamp="$VENV/.voicepipe-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$EXTRAS" ]; then
+wanted="extras=$EXTRAS gpu=$GPU"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     echo "Installing voicepipe and its dependencies (llama-cpp-python compiles once, ~5 min; pip caches it)"
-    "$VENV/bin/python" -m pip install --quiet -e ".[$EXTRAS]"
-    echo "$EXTRAS" > "$stamp"
+    "$VENV/bin/python" -m pip install "${PIP_OPTIONS[@]}" -e ".${EXTRAS:+[$EXTRAS]}"
+    if [ "$GPU" = 1 ]; then
+        # Piper (and Silero) run on onnxruntime; the GPU build replaces the CPU one (same module name).
+        "$VENV/bin/python" -m pip uninstall --quiet -y onnxruntime
+        "$VENV/bin/python" -m pip install "${PIP_OPTIONS[@]}" "onnxruntime-gpu>=1.18,<2"
+    fi
+    echo "$wanted" > "$stamp"
 fi
 if [ "${VOICEPIPE_SKIP_MODELS:-0}" != 1 ]; then
     presets=()

@@ -38,7 +38,19 @@ class FakeTwilioApi:
         app = web.Application()
         app.router.add_post("/2010-04-01/Accounts/{account}/Calls.json", self.create)
         app.router.add_get("/2010-04-01/Accounts/{account}/Calls/{sid}.json", self.fetch)
+        app.router.add_get("/2010-04-01/Accounts/{account}.json", self.account)
+        app.router.add_get("/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json", self.numbers)
         return app
+
+    async def account(self, request: web.Request) -> web.Response:
+        if request.match_info["account"] != ACCOUNT:
+            return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
+        return web.json_response({"sid": ACCOUNT, "friendly_name": "voicepipe test", "status": "active"})
+
+    async def numbers(self, request: web.Request) -> web.Response:
+        owned = [{"sid": "PN" + "c" * 32, "phone_number": FROM}] if request.query.get("PhoneNumber") == FROM else []
+        return web.json_response({"incoming_phone_numbers": owned, "next_page_uri": None, "page": 0,
+                                  "page_size": 1, "uri": request.path})
 
     async def create(self, request: web.Request) -> web.Response:
         form = await request.post()

@@ -172,19 +172,24 @@ def main(argv: list[str] | None = None) -> int:
     one_way.add_argument("--prompt", help="one-way: the local model writes the message from this prompt")
     call.add_argument("--no-follow", action="store_true", help="print the CallSid and return at once")
     call.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+    commands.add_parser("doctor", help="check configuration, models, GPU, server, tunnel and Twilio; print fixes")
     calls = commands.add_parser("calls", help="list recent calls, or show one (`calls show CALLSID`)")
     calls.add_argument("show", nargs="?", metavar="show CALLSID", help=argparse.SUPPRESS)
     calls.add_argument("call_sid", nargs="?", help=argparse.SUPPRESS)
     calls.add_argument("--json", action="store_true", help="print the call as JSON")
     calls.add_argument("--limit", type=int, default=20, help="how many recent calls to list")
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        from voicepipe.doctor import run_doctor
+
+        return 0 if run_doctor() else 1
 
     try:
         settings = load_settings()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":
             from voicepipe.server import serve as run_server

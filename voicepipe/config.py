@@ -14,6 +14,7 @@ from voicepipe.turn import TurnSettings
 
 LANGUAGES = ("en", "es")
 LLM_BACKENDS = ("local", "openai", "local+openai")
+DEVICES = ("auto", "cpu", "cuda")
 
 DEFAULT_SYSTEM_PROMPTS = {
     "en": (
@@ -127,6 +128,9 @@ class Settings:
     shutdown_grace_s: float = 30.0  # on SIGTERM, active calls get this long before the agent says goodbye
     turn: TurnSettings = field(default_factory=TurnSettings)
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one JSON object per line, call_sid included)
+    device: str = "auto"  # auto | cpu | cuda: where whisper, llama.cpp and Piper run
+    metrics_token: str = ""  # when set, /metrics and /stats need "Authorization: Bearer <token>"
 
     def model_path(self, name: str) -> Path:
         path = Path(name)
@@ -225,6 +229,13 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(f"VOICEPIPE_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
 
+    log_format = env.get("VOICEPIPE_LOG_FORMAT", "text").strip().lower() or "text"
+    if log_format not in ("text", "json"):
+        raise ConfigError(f"VOICEPIPE_LOG_FORMAT={log_format!r} must be text or json")
+    device = env.get("VOICEPIPE_DEVICE", "auto").strip().lower() or "auto"
+    if device not in DEVICES:
+        raise ConfigError(f"VOICEPIPE_DEVICE={device!r} must be one of: {', '.join(DEVICES)}")
+
     pause_ms = _int(env, "VOICEPIPE_PAUSE_MS", TurnSettings.pause_ms, 60, 5000)
     end_of_turn_ms = _int(env, "VOICEPIPE_END_OF_TURN_MS", TurnSettings.end_of_turn_ms, 100, 5000)
     if pause_ms > end_of_turn_ms:
@@ -286,4 +297,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         shutdown_grace_s=_float(env, "VOICEPIPE_SHUTDOWN_GRACE_S", Settings.shutdown_grace_s, 0.0, 3600.0),
         turn=turn,
         log_level=log_level,
+        log_format=log_format,
+        device=device,
+        metrics_token=env.get("VOICEPIPE_METRICS_TOKEN", "").strip(),
     )

@@ -35,6 +35,7 @@ class Models:
     synthesizer: Synthesizer
     load_seconds: dict[str, float]
     silero: Any = None  # onnxruntime session of Silero VAD, shared; each call keeps its own state
+    device: str = "cpu"
 
 
 def _require(settings: Settings, path: Path, setting: str, what: str) -> None:
@@ -54,7 +55,43 @@ def check_model_files(settings: Settings) -> None:
     _require(settings, Path(f"{settings.tts_voice_path}.json"), "VOICEPIPE_TTS_VOICE", "Piper voice config")
 
 
-def load_local_chat(settings: Settings) -> LlamaChat:
+def gpu_status() -> dict[str, object]:
+    """What each model runtime can use here: CUDA devices (CTranslate2), llama.cpp GPU offload, onnxruntime CUDA."""
+    import ctranslate2
+    import onnxruntime
+
+    try:
+        from llama_cpp import llama_supports_gpu_offload
+
+        llama_gpu = bool(llama_supports_gpu_offload())
+    except ImportError:
+        llama_gpu = False
+    return {
+        "cuda_devices": ctranslate2.get_cuda_device_count(),
+        "llama_gpu_offload": llama_gpu,
+        "onnxruntime_cuda": "CUDAExecutionProvider" in onnxruntime.get_available_providers(),
+    }
+
+
+def resolve_device(settings: Settings) -> str:
+    """cpu or cuda. auto takes the GPU when CTranslate2 sees one, else says so and stays on the CPU."""
+    if settings.device == "cpu":
+        return "cpu"
+    status = gpu_status()
+    if status["cuda_devices"]:
+        missing = [name for name in ("llama_gpu_offload", "onnxruntime_cuda") if not status[name]]
+        if missing:
+            log.warning("GPU found, but %s: those parts stay on the CPU (see Dockerfile.gpu for a GPU build)",
+                        " and ".join(missing))
+        return "cuda"
+    if settings.device == "cuda":
+        raise ModelFileError("VOICEPIPE_DEVICE=cuda, but no CUDA device is visible (check the driver, "
+                             "`nvidia-smi`, and the container's GPU reservation); use auto or cpu")
+    log.info("no usable GPU (no CUDA device visible): running on the CPU")
+    return "cpu"
+
+
+def load_local_chat(settings: Settings, device: str = "cpu") -> LlamaChat:
     _require(settings, settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
     try:
         chat = LlamaChat(
@@ -64,6 +101,7 @@ def load_local_chat(settings: Settings) -> LlamaChat:
             max_tokens=settings.llm_max_tokens,
             temperature=settings.llm_temperature,
             instances=settings.llm_instances,
+            n_gpu_layers=-1 if device == "cuda" else 0,  # every layer on the GPU
         )
     except ValueError as exc:  # llama-cpp-python raises ValueError for unreadable GGUF files
         raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. "
@@ -72,10 +110,10 @@ def load_local_chat(settings: Settings) -> LlamaChat:
     return chat
 
 
-def load_chat(settings: Settings) -> ChatBackend:
+def load_chat(settings: Settings, device: str = "cpu") -> ChatBackend:
     """The chat backend VOICEPIPE_LLM_BACKEND asks for."""
     if settings.llm_backend == "local":
-        return load_local_chat(settings)
+        return load_local_chat(settings, device)
     remote = OpenAIChat(settings.openai_api_key, settings.openai_model, settings.openai_base_url,
                         context=settings.openai_context, max_tokens=settings.llm_max_tokens,
                         temperature=settings.llm_temperature)
@@ -84,7 +122,7 @@ def load_chat(settings: Settings) -> ChatBackend:
         return remote
     local: LlamaChat | None = None
     try:
-        local = load_local_chat(settings)
+        local = load_local_chat(settings, device)
     except ModelFileError as exc:
         log.error("the local LLM is unavailable, every turn goes to the fallback server: %s", exc)
     return FallbackChat(local, remote, settings.llm_first_token_timeout_s, settings.llm_cooldown_s)
@@ -93,12 +131,14 @@ def load_chat(settings: Settings) -> ChatBackend:
 def load_models(settings: Settings) -> Models:
     """Blocking: loads and warms every model. Call from a worker thread inside a server."""
     check_model_files(settings)
+    device = resolve_device(settings)
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
     try:
         transcriber = WhisperTranscriber(
-            settings.stt_model_path, settings.language, cpu_threads=settings.stt_threads
+            settings.stt_model_path, settings.language, device=device,
+            compute_type="float16" if device == "cuda" else "int8", cpu_threads=settings.stt_threads,
         )
     except RuntimeError as exc:
         raise ModelFileError(f"cannot load whisper model {settings.stt_model_path}: {exc}. "
@@ -107,12 +147,12 @@ def load_models(settings: Settings) -> Models:
     seconds["stt"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    chat = load_chat(settings)
+    chat = load_chat(settings, device)
     seconds["llm"] = time.perf_counter() - started
 
     started = time.perf_counter()
     try:
-        synthesizer = PiperSynthesizer(settings.tts_voice_path)
+        synthesizer = PiperSynthesizer(settings.tts_voice_path, use_cuda=device == "cuda")
     except Exception as exc:  # onnxruntime raises its own exception types for a corrupt file
         raise ModelFileError(f"cannot load Piper voice {settings.tts_voice_path}: {exc}. "
                              f"Re-fetch: {fetch_command(settings)}") from exc
@@ -121,5 +161,6 @@ def load_models(settings: Settings) -> Models:
 
     silero = load_silero() if settings.turn.silero_threshold > 0 else None
 
-    log.info("models loaded and warm: %s", ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
-    return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, load_seconds=seconds, silero=silero)
+    log.info("models loaded and warm on %s: %s", device, ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
+    return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, load_seconds=seconds, silero=silero,
+                  device=device)

@@ -21,6 +21,7 @@ from voicepipe.config import BUSY_MESSAGES, PHRASES, ConfigError, Settings
 from voicepipe.health import Health
 from voicepipe.logs import call_sid_var
 from voicepipe.models import Models, load_models
+from voicepipe.metrics import Metrics
 from voicepipe.records import CallRecords
 from voicepipe.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
 
@@ -35,6 +36,8 @@ SOCKETS = web.AppKey("sockets", set)
 TURN_STATS = web.AppKey("turn_stats", deque)
 HEALTH = web.AppKey("health", Health)
 RECORDS = web.AppKey("records", CallRecords)
+METRICS = web.AppKey("metrics", Metrics)
+INSTANCE_ID = web.AppKey("instance_id", str)  # tells `voicepipe doctor` that WEBHOOK_URL reaches this process
 DRAINING = web.AppKey("draining", list)  # non-empty once shutdown began: no new calls
 # Callbacks run with each finished CallSession (its history included): call records and tests use it.
 CALL_ENDED = web.AppKey("call_ended", list)
@@ -106,6 +109,7 @@ async def read_form(request: web.Request) -> dict[str, str]:
         return {k: str(v) for k, v in (await request.post()).items()}
     except (UnicodeDecodeError, ValueError) as exc:
         log.warning("rejected %s %s: malformed form body (%s)", request.method, request.path, type(exc).__name__)
+        request.app[METRICS].error("webhook", "bad_form")
         raise web.HTTPBadRequest(text="malformed form body\n") from None
 
 
@@ -121,6 +125,7 @@ async def require_twilio_signature(request: web.Request, handler: Any) -> web.St
     if not signature or not RequestValidator(settings.twilio_auth_token).validate(url, params, signature):
         log.warning("rejected %s %s: %s X-Twilio-Signature", request.method, request.path,
                     "wrong" if signature else "missing")
+        request.app[METRICS].error("webhook", "bad_signature")
         raise web.HTTPForbidden(text="invalid or missing X-Twilio-Signature\n")
     return await handler(request)
 
@@ -141,6 +146,7 @@ async def voice(request: web.Request) -> web.Response:
     if request.app[DRAINING] or len(request.app[SESSIONS]) + len(tokens) >= settings.max_calls:
         # Saying so beats connecting a stream that would stutter for everyone.
         log.warning("call %s refused: %d calls is the maximum (VOICEPIPE_MAX_CALLS)", call_sid, settings.max_calls)
+        request.app[METRICS].calls.labels("busy").inc()
         if call_sid:
             records.stream_ended(call_sid, "busy", 0, None)
         response.say(BUSY_MESSAGES[settings.language], language=settings.say_language, voice=settings.say_voice or None)
@@ -176,6 +182,8 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "degraded" if failing else "ok",
+            "instance": request.app[INSTANCE_ID],
+            "device": models.device,
             "failing": failing,
             "stages": health.report(),
             "llm": models.chat.report(),
@@ -187,8 +195,24 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+def require_metrics_token(request: web.Request) -> None:
+    """With VOICEPIPE_METRICS_TOKEN set, the numbers are for those who hold it (the tunnel makes them public)."""
+    token = request.app[SETTINGS].metrics_token
+    given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+    if token and not secrets.compare_digest(given, f"Bearer {token}".encode()):
+        raise web.HTTPUnauthorized(text="Authorization: Bearer <VOICEPIPE_METRICS_TOKEN> required\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition: active calls, calls by outcome, stage latency histograms, fallbacks, errors."""
+    require_metrics_token(request)
+    return web.Response(body=request.app[METRICS].exposition(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
 async def stats(request: web.Request) -> web.Response:
     """Recent per-turn timings (numbers only, no content), newest last; ?call_sid= filters."""
+    require_metrics_token(request)
     call_sid = request.query.get("call_sid")
     turns = [t.as_dict() for t in request.app[TURN_STATS] if call_sid is None or t.call_sid == call_sid]
     return web.json_response({"turns": turns})
@@ -207,6 +231,7 @@ async def media(request: web.Request) -> web.WebSocketResponse:
 
     def turn_done(timings: TurnTimings) -> None:
         app[TURN_STATS].append(timings)
+        app[METRICS].turn(timings.as_dict())
         records.turn(timings.call_sid, timings.turn, timings.as_dict())
 
     async def send(text: str) -> None:
@@ -221,29 +246,32 @@ async def media(request: web.Request) -> web.WebSocketResponse:
         except TimeoutError:
             log.warning("closing media stream: the client stopped reading (a send waited %.0f s)",
                         SEND_TIMEOUT_SECONDS)
+            app[METRICS].error("stream", "slow_reader")
             if request.transport is not None:
                 request.transport.abort()  # a close handshake would wait on the same full buffer
 
-    async def reject(reason: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
+    async def reject(reason: str, kind: str, code: int = WSCloseCode.POLICY_VIOLATION) -> None:
         nonlocal outcome
         outcome = "stream_error"
+        app[METRICS].error("stream", kind)
         log.warning("closing media stream: %s", reason)
         await ws.close(code=code, message=reason.encode()[:120])
 
     try:
         async for message in ws:
             if message.type == WSMsgType.BINARY:
-                await reject("binary frames are not part of the Media Streams protocol", WSCloseCode.UNSUPPORTED_DATA)
+                await reject("binary frames are not part of the Media Streams protocol", "binary_frame",
+                             WSCloseCode.UNSUPPORTED_DATA)
                 break
             if message.type != WSMsgType.TEXT:
                 break
             try:
                 event = parse_event(message.data)
             except ProtocolError as exc:
-                await reject(f"protocol error: {exc}", WSCloseCode.UNSUPPORTED_DATA)
+                await reject(f"protocol error: {exc}", "protocol", WSCloseCode.UNSUPPORTED_DATA)
                 break
             if (reason := limits.check(event)) is not None:
-                await reject(reason)
+                await reject(reason, "flood")
                 break
             if event is None:
                 log.debug("ignored an event this server does not know")
@@ -252,11 +280,11 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                 continue
             if isinstance(event, Start):
                 if session is not None:
-                    await reject("a second start on one stream")
+                    await reject("a second start on one stream", "second_start")
                     break
                 issued = app[CALL_TOKENS].pop(event.custom_parameters.get(TOKEN_PARAMETER, ""), None)
                 if issued is None:
-                    await reject("start without a valid call token from /voice")
+                    await reject("start without a valid call token from /voice", "bad_token")
                     break
                 call_sid_var.set(event.call_sid)
 
@@ -281,10 +309,10 @@ async def media(request: web.Request) -> web.WebSocketResponse:
                 await session.begin()
                 continue
             if session is None:
-                await reject(f"{type(event).__name__.lower()} before start")
+                await reject(f"{type(event).__name__.lower()} before start", "before_start")
                 break
             if event.stream_sid != session.stream_sid:
-                await reject("streamSid does not match this stream")
+                await reject("streamSid does not match this stream", "stream_sid")
                 break
             if isinstance(event, Media):
                 await session.handle_media(event)
@@ -303,6 +331,7 @@ async def media(request: web.Request) -> web.WebSocketResponse:
             await session.close()
             log.info("call ended")
             said = [m for m in session.history if m["role"] != "system"]
+            app[METRICS].calls.labels(session.end_reason or outcome).inc()
             records.stream_ended(session.call_sid, session.end_reason or outcome,
                                  sum(m["role"] == "user" for m in said), said if settings.transcripts else None)
             for observer in app[CALL_ENDED]:
@@ -345,6 +374,10 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     app[CALL_ENDED] = []
     app[DRAINING] = []
     app[HEALTH] = Health()
+    app[METRICS] = Metrics(active_calls=lambda: len(app[SESSIONS]),
+                           chat=lambda: app[MODELS].chat if MODELS in app else None)
+    app[INSTANCE_ID] = secrets.token_hex(8)
+    app[HEALTH].on_failure.append(lambda stage, exc: app[METRICS].error(stage, type(exc).__name__))
 
     async def records_ctx(app: web.Application) -> AsyncIterator[None]:
         app[RECORDS] = CallRecords(settings.data_dir)
@@ -369,6 +402,7 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     app.router.add_get("/media", media)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
     return app
 
 
