@@ -8,7 +8,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,7 +21,7 @@ _DONE = object()
 class ChatBackend(Protocol):
     name: str  # which backend answers: "local", "openai", "local+openai"
 
-    def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]: ...
+    def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[str, None]: ...
 
     def report(self) -> dict[str, object]: ...
 
@@ -165,7 +165,7 @@ class LlamaChat:
             self._pool, self._pool_loop = InstancePool(self.instances), loop
         return self._pool
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[str, None]:
         """Stream the reply's text deltas; `key` (the call) steers the turn to its call's last instance."""
         loop = asyncio.get_running_loop()
         pool = self._instances_pool()

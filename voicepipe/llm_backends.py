@@ -10,7 +10,8 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from typing import Any
 from urllib.parse import urlsplit
 
 from voicepipe.llm import ChatBackend, LlamaChat, Message, fit_history
@@ -48,8 +49,8 @@ class OpenAIChat:
     def fit_history(self, messages: list[Message]) -> list[Message]:
         return fit_history(messages, self.context - self.max_tokens - 16, lambda text: len(text) // CHARS_PER_TOKEN + 1)
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]:
-        chunks = await self.client.chat.completions.create(
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[str, None]:
+        chunks: Any = await self.client.chat.completions.create(
             model=self.model,
             messages=self.fit_history(messages),  # type: ignore[arg-type]
             stream=True,
@@ -87,7 +88,7 @@ class FallbackChat:
         self.last_fallback_reason = ""
         self._primary_resting_until = 0.0
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[str, None]:
         reason = self._reason_to_skip_primary()
         if reason is None and self.primary is not None:
             deltas = self.primary.stream(messages, key)
@@ -108,6 +109,7 @@ class FallbackChat:
                     async for delta in deltas:
                         yield delta
                 return
+        reason = reason or "error"  # (only None here if the primary path fell through, which it cannot)
         self.fallbacks[reason] += 1
         self.last_fallback_reason = reason
         self.answers[self.secondary.name] += 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -20,10 +19,10 @@ from voicepipe.call import CallSession, TurnTimings, prepare_speech
 from voicepipe.config import BUSY_MESSAGES, PHRASES, ConfigError, Settings
 from voicepipe.health import Health
 from voicepipe.logs import call_sid_var
-from voicepipe.models import Models, load_models
 from voicepipe.metrics import Metrics
-from voicepipe.records import CallRecords
+from voicepipe.models import Models, load_models
 from voicepipe.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
+from voicepipe.records import CallRecords
 
 log = logging.getLogger(__name__)
 
