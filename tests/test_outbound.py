@@ -54,7 +54,8 @@ class FakeTwilioApi:
 
     async def create(self, request: web.Request) -> web.Response:
         form = await request.post()
-        self.requests.append(("POST", request.path, {k: form.getall(k) for k in form}, request.headers.get("Authorization", "")))
+        fields = {k: [str(v) for v in form.getall(k)] for k in form}
+        self.requests.append(("POST", request.path, fields, request.headers.get("Authorization", "")))
         if self.reject:
             return web.json_response({"code": 21211, "message": "The 'To' number is not a valid phone number.",
                                       "status": 400}, status=400)
@@ -182,7 +183,8 @@ async def test_status_callbacks_out_of_order_keep_the_latest_status(
     base_settings: Settings, models: Models, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     async with serving(base_settings, models) as (url, _), aiohttp.ClientSession() as http:
-        for sequence, status in ((0, "initiated"), (3, "completed"), (1, "ringing"), (2, "in-progress"), (3, "completed")):
+        callbacks = ((0, "initiated"), (3, "completed"), (1, "ringing"), (2, "in-progress"), (3, "completed"))
+        for sequence, status in callbacks:  # out of order, and one repeated
             form = {"CallSid": "CA" + "b" * 32, "CallStatus": status, "SequenceNumber": str(sequence),
                     "From": FROM, "To": TO, "Direction": "outbound-api"}
             async with http.post(f"{url}/status", data=form) as response:

@@ -19,6 +19,7 @@ from voicepipe.vad import load_silero
 
 log = logging.getLogger(__name__)
 
+
 def fetch_command(settings: Settings) -> str:
     preset = "" if settings.language == "en" else f" --preset {settings.language}"
     return f"python scripts/download_models.py{preset}"

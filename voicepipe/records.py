@@ -73,9 +73,9 @@ class CallRecords:
         """A call reached /voice or /status, or was placed by `voicepipe call`; empty fields change nothing."""
         self._ensure(call_sid)
         self._write(
-            "UPDATE calls SET direction = COALESCE(NULLIF(?, ''), direction), from_number = COALESCE(NULLIF(?, ''), "
-            "from_number), to_number = COALESCE(NULLIF(?, ''), to_number), language = COALESCE(NULLIF(?, ''), language) "
-            "WHERE call_sid = ?",
+            "UPDATE calls SET direction = COALESCE(NULLIF(?, ''), direction), "
+            "from_number = COALESCE(NULLIF(?, ''), from_number), to_number = COALESCE(NULLIF(?, ''), to_number), "
+            "language = COALESCE(NULLIF(?, ''), language) WHERE call_sid = ?",
             (direction, from_number, to_number, language, call_sid),
         )
 
@@ -84,12 +84,13 @@ class CallRecords:
         self._ensure(call_sid)
         with self._lock:
             if sequence is None:
-                row = self._db.execute("SELECT MAX(sequence) FROM call_status WHERE call_sid = ?", (call_sid,)).fetchone()
+                row = self._db.execute("SELECT MAX(sequence) FROM call_status WHERE call_sid = ?",
+                                       (call_sid,)).fetchone()
                 sequence = (row[0] if row[0] is not None else -1) + 1
             self._db.execute("INSERT OR IGNORE INTO call_status VALUES (?, ?, ?, ?)",
                              (call_sid, sequence, status, time.time()))
-            self._db.execute("UPDATE calls SET status = ?, status_sequence = ? WHERE call_sid = ? AND status_sequence < ?",
-                             (status, sequence, call_sid, sequence))
+            self._db.execute("UPDATE calls SET status = ?, status_sequence = ? "
+                             "WHERE call_sid = ? AND status_sequence < ?", (status, sequence, call_sid, sequence))
 
     def stream_started(self, call_sid: str) -> None:
         self._ensure(call_sid)
