@@ -132,9 +132,15 @@ async def test_a_broken_stream_ends_alone(base_settings: Settings, models: Model
                 message = await ws.receive(timeout=5)
                 assert message.type == aiohttp.WSMsgType.CLOSE
                 closes.append(ws.close_code)
+        for payload in (b"\x00\x01binary", "x" * 100_000):  # a binary frame; a text frame over the 64 KB limit
+            async with http.ws_connect(f"{url.replace('http', 'ws')}/media") as ws:
+                await (ws.send_bytes(payload) if isinstance(payload, bytes) else ws.send_str(payload))
+                message = await ws.receive(timeout=5)
+                assert message.type == aiohttp.WSMsgType.CLOSE
+                closes.append(ws.close_code)
         result = await call
         await wait_for(ended)
-    assert closes == [1003, 1008, 1008]
+    assert closes == [1003, 1008, 1008, 1003, 1009]
     assert result.turns[0].voice_to_voice is not None and result.turns[0].reply_seconds > 0.3
 
 
