@@ -197,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             host = args.host or settings.host
             port = args.port if args.port is not None else settings.port
             log.info("serving on http://%s:%d (POST /voice, GET /media)", host, port)
-            try:
-                run_server(settings, host, port)
-            except ConfigError as exc:
-                print(f"configuration error: {exc}", file=sys.stderr)
-                return 2
+            run_server(settings, host, port)
             return 0
         if args.command == "call":
             return _call(args, settings)

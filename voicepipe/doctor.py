@@ -8,10 +8,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from voicepipe.config import ConfigError, Settings, load_settings
-from voicepipe.download import load_manifest, sha256_of
+from voicepipe.download import load_manifest, recorded_sha256, sha256_of
 
 HTTP_TIMEOUT = 5.0
 
@@ -65,7 +64,7 @@ def check_models(settings: Settings) -> list[Finding]:
         if model not in manifest["models"]:
             findings.append(Finding(f"model {role}", True, f"{path} (not in the manifest: not checksummed)"))
             continue
-        recorded = _recorded_hashes(settings.models_dir / model)
+        recorded = recorded_sha256(settings.models_dir / model)
         bad = []
         for name, pin in manifest["models"][model]["files"].items():
             file = settings.models_dir / model / name
@@ -79,14 +78,6 @@ def check_models(settings: Settings) -> list[Finding]:
         else:
             findings.append(Finding(f"model {role}", True, f"{model}: files present, checksums match"))
     return findings
-
-
-def _recorded_hashes(directory: Path) -> dict[str, str]:
-    try:
-        entries = json.loads((directory / ".verified.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return {name: str(entry.get("sha256", "")) for name, entry in entries.items() if isinstance(entry, dict)}
 
 
 def check_gpu(settings: Settings) -> Finding:

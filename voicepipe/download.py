@@ -96,6 +96,11 @@ class _Verified:
         tmp.replace(self.path)
 
 
+def recorded_sha256(directory: Path) -> dict[str, str]:
+    """sha256 of each file of a model directory as verified at download (hub files without a manifest pin)."""
+    return {name: str(entry.get("sha256", "")) for name, entry in _Verified(directory).entries.items()}
+
+
 def _check(path: Path, file: ModelFile, hub_hash: str | None = None) -> str:
     """Verify a fetched file; returns its sha256 or raises naming the file."""
     actual = sha256_of(path)

@@ -21,6 +21,7 @@ from voicepipe.health import Health
 from voicepipe.logs import call_sid_var
 from voicepipe.metrics import Metrics
 from voicepipe.models import Models, load_models
+from voicepipe.outbound import twilio_client
 from voicepipe.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
 from voicepipe.records import CallRecords
 
@@ -230,8 +231,9 @@ async def media(request: web.Request) -> web.WebSocketResponse:
 
     def turn_done(timings: TurnTimings) -> None:
         app[TURN_STATS].append(timings)
-        app[METRICS].turn(timings.as_dict())
-        records.turn(timings.call_sid, timings.turn, timings.as_dict())
+        numbers = timings.as_dict()
+        app[METRICS].turn(numbers)
+        records.turn(timings.call_sid, timings.turn, numbers)
 
     async def send(text: str) -> None:
         # A caller who hangs up mid-reply is normal: what is left of the reply has nowhere to go.
@@ -330,9 +332,10 @@ async def media(request: web.Request) -> web.WebSocketResponse:
             await session.close()
             log.info("call ended")
             said = [m for m in session.history if m["role"] != "system"]
-            app[METRICS].calls.labels(session.end_reason or outcome).inc()
-            records.stream_ended(session.call_sid, session.end_reason or outcome,
-                                 sum(m["role"] == "user" for m in said), said if settings.transcripts else None)
+            ended_by = session.end_reason or outcome
+            app[METRICS].calls.labels(ended_by).inc()
+            records.stream_ended(session.call_sid, ended_by, sum(m["role"] == "user" for m in said),
+                                 said if settings.transcripts else None)
             for observer in app[CALL_ENDED]:
                 observer(session)
         if not ws.closed:
@@ -347,9 +350,7 @@ async def complete_call(settings: Settings, call_sid: str) -> None:
         return
 
     def update() -> None:
-        from twilio.rest import Client
-
-        Client(settings.twilio_account_sid, settings.twilio_auth_token).calls(call_sid).update(status="completed")
+        twilio_client(settings).calls(call_sid).update(status="completed")
 
     try:
         await asyncio.wait_for(asyncio.to_thread(update), timeout=10)
