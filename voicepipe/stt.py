@@ -104,6 +104,11 @@ class WhisperTranscriber:
                 text, no_speech, logprob = self._transcribe_window(audio, short=False)
         return Transcript(text, no_speech, logprob, time.perf_counter() - started)
 
+    def transcribe_full_window(self, audio_8k: np.ndarray) -> str:
+        """Whisper's standard 30 s window: the accuracy reference for the short window (tests, models.md)."""
+        audio = resample(audio_8k, 8000, WHISPER_RATE).astype(np.float32) / 32768.0
+        return self._transcribe_window(audio, short=False)[0]
+
     def _transcribe_window(self, audio: np.ndarray, short: bool) -> tuple[str, float, float]:
         features = self.model.feature_extractor(audio)
         frames = max(features.shape[-1] + PAD_FRAMES, MIN_WINDOW_FRAMES) if short else FULL_WINDOW_FRAMES
