@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from voicepipe.cli import running_server  # noqa: E402
 from voicepipe.config import Settings, load_settings  # noqa: E402
 from voicepipe.logs import setup_logging  # noqa: E402
 from voicepipe.models import Models, load_models  # noqa: E402
-from voicepipe.simulate import CallerTurn, simulate_call  # noqa: E402
+from voicepipe.simulate import CallerTurn, CallResult, simulate_call  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?", "What time do you open tomorrow?", "Can you book a table for two?",
@@ -57,15 +58,15 @@ def speak_questions(models: Models, directory: Path) -> list[Path]:
     return paths
 
 
-def signing(settings: Settings) -> dict[str, str]:
-    """Sign like Twilio when the server checks signatures."""
-    return {"auth_token": settings.twilio_auth_token, "public_url": settings.webhook_url}
+async def signed_call(base: str, script: Sequence[Path | CallerTurn], settings: Settings) -> CallResult:
+    """One simulated call, signed like Twilio when the server checks signatures."""
+    return await simulate_call(base, script, auth_token=settings.twilio_auth_token, public_url=settings.webhook_url)
 
 
 async def run_calls(base: str, calls: int, turns: int, audio: list[Path], settings: Settings) -> dict[str, Any]:
     """`calls` simultaneous calls of `turns` turns each; returns latencies, underruns and server stages."""
     scripts = [[audio[(c * turns + t) % len(audio)] for t in range(turns)] for c in range(calls)]
-    results = await asyncio.gather(*(simulate_call(base, script, **signing(settings)) for script in scripts),
+    results = await asyncio.gather(*(signed_call(base, script, settings) for script in scripts),
                                    return_exceptions=True)
     done = [r for r in results if not isinstance(r, BaseException)]
     for failure in (r for r in results if isinstance(r, BaseException)):
@@ -130,8 +131,8 @@ async def bench_barge_in(settings: Settings, models: Models, trials: int, direct
     async with running_server(dataclasses.replace(settings, llm_max_tokens=200), models=models) as base:
         for trial in range(trials):
             delay = 0.8 + 0.4 * (trial % 3)  # cut in at different points of the reply
-            script = [clips["story"], CallerTurn(audio=clips["cut"], interrupt_after=delay)]
-            result = await simulate_call(base, script, **signing(settings))
+            script: list[Path | CallerTurn] = [clips["story"], CallerTurn(audio=clips["cut"], interrupt_after=delay)]
+            result = await signed_call(base, script, settings)
             if result.turns[1].clear_after_onset is not None:
                 caller.append(result.turns[1].clear_after_onset)
             async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:

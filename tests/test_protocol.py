@@ -4,7 +4,17 @@ import json
 import pytest
 
 from voicepipe.protocol import (
-    Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, clear_message, mark_message, media_message, parse_event,
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    ProtocolError,
+    Start,
+    Stop,
+    clear_message,
+    mark_message,
+    media_message,
+    parse_event,
 )
 
 START = {

@@ -32,8 +32,7 @@ async def running_server(
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-    bound_port = sockets[0].getsockname()[1] if sockets else port
+    bound_port = runner.addresses[0][1] if runner.addresses else port
     try:
         yield f"http://{host}:{bound_port}"
     finally:

@@ -46,4 +46,4 @@ def pcm16_to_ulaw(samples: np.ndarray) -> bytes:
 
 def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
     """Convert float samples in [-1, 1] to int16, clipping."""
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return (samples.clip(-1.0, 1.0) * 32767.0).astype(np.int16)

@@ -154,7 +154,7 @@ def _number(env: Mapping[str, str], name: str, default: float, low: float, high:
     if not raw:
         return default
     try:
-        value = kind(raw)
+        value: float = kind(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not {'a whole number' if kind is int else 'a number'}") from None
     if not low <= value <= high:

@@ -143,7 +143,7 @@ def _fetch_wheels(requirements: list[str], into: Path) -> list[Path]:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", str(into),
                *requirements]
     print(f"  pip download {' '.join(requirements)}", flush=True)
-    result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    result = subprocess.run(command, check=False, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise DownloadError(f"pip could not download {', '.join(requirements)}: {result.stderr.strip()[-500:]}")
     return sorted(into.glob("*.whl"))

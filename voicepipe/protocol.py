@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 # Twilio sends 160-byte (20 ms) frames; anything far larger is hostile or broken.
 MAX_MEDIA_BYTES = 16_000
@@ -56,7 +56,7 @@ class Stop:
     call_sid: str
 
 
-Event = Union[Connected, Start, Media, Dtmf, Mark, Stop]
+Event = Connected | Start | Media | Dtmf | Mark | Stop
 
 
 def _object(parent: dict[str, Any], key: str) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
+from voicepipe.codec import float_to_pcm16
+
 
 class StreamResampler:
     """Resamples a stream of int16 chunks from one rate to another, keeping filter state between chunks."""
@@ -17,8 +19,7 @@ class StreamResampler:
     def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
         """Resample one chunk; pass last=True on the final chunk to flush the filter's tail."""
         floats = samples.astype(np.float32) / 32768.0
-        out = self._stream.resample_chunk(floats, last=last)
-        return (np.clip(out, -1.0, 1.0) * 32767.0).astype(np.int16)
+        return float_to_pcm16(self._stream.resample_chunk(floats, last=last))
 
 
 def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:

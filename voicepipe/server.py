@@ -8,10 +8,10 @@ import secrets
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp.typedefs import Handler
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
@@ -114,7 +114,7 @@ async def read_form(request: web.Request) -> dict[str, str]:
 
 
 @web.middleware
-async def require_twilio_signature(request: web.Request, handler: Any) -> web.StreamResponse:
+async def require_twilio_signature(request: web.Request, handler: Handler) -> web.StreamResponse:
     """With TWILIO_AUTH_TOKEN set, only requests signed by Twilio get past: 403 before any work is done."""
     settings = request.app[SETTINGS]
     if not settings.twilio_auth_token or request.path not in SIGNED_PATHS:
@@ -359,7 +359,7 @@ async def complete_call(settings: Settings, call_sid: str) -> None:
 
 
 async def _close_sockets(app: web.Application) -> None:
-    for ws in list(app[SOCKETS]):
+    for ws in app[SOCKETS].copy():
         await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
 
 
@@ -433,7 +433,7 @@ async def drain(app: web.Application) -> None:
     deadline = loop.time() + settings.shutdown_grace_s
     while app[SESSIONS] and loop.time() < deadline:
         await asyncio.sleep(0.2)
-    await asyncio.gather(*(session.end_call("shutdown") for session in list(app[SESSIONS])), return_exceptions=True)
+    await asyncio.gather(*(session.end_call("shutdown") for session in app[SESSIONS].copy()), return_exceptions=True)
 
 
 def serve(settings: Settings, host: str, port: int) -> None:

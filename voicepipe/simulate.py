@@ -11,7 +11,7 @@ import json
 import secrets
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -167,7 +167,7 @@ def _websocket_url(base_url: str, stream_url: str) -> str:
 
 async def simulate_call(
     base_url: str,
-    turns: list[Path | CallerTurn],
+    turns: Sequence[Path | CallerTurn],
     speed: float = 1.0,
     reply_timeout: float = 30.0,
     quiet_seconds: float = 1.2,
@@ -280,7 +280,8 @@ async def simulate_call(
                         await listen(time.perf_counter() + reply_timeout, reply_finished)
                     first_audio_at, audio, marks, underruns = playback.take()
                     latency = first_audio_at - speech_end_at if first_audio_at is not None else None
-                    cleared = playback.last_clear_at - onset_at if playback.cleared > clears_before else None
+                    cleared = (playback.last_clear_at - onset_at
+                               if playback.cleared > clears_before and playback.last_clear_at is not None else None)
                     results.append(TurnResult(str(turn.audio or f"dtmf {turn.dtmf}"), latency, audio, marks,
                                               underruns, cleared if clip is not None else None))
                 if stay_on_line:

@@ -115,7 +115,7 @@ class TurnDetector:
         threshold = self.settings.silero_continue_threshold if self._in_speech else self.settings.silero_threshold
         if rms < self._min_level or probability < threshold:
             return False
-        return self._vad.is_speech(frame.tobytes(), SAMPLE_RATE)
+        return bool(self._vad.is_speech(frame.tobytes(), SAMPLE_RATE))
 
     def _step(self, frame: np.ndarray) -> TurnEvent | None:
         s = self.settings
