@@ -63,6 +63,11 @@ class Transcript:
         return not (self.no_speech_prob > 0.6 and self.avg_logprob < -1.0)
 
 
+def whisper_input(audio_8k: np.ndarray) -> np.ndarray:
+    """Phone-line int16 at 8 kHz -> the float32 16 kHz signal whisper takes."""
+    return resample(audio_8k, 8000, WHISPER_RATE).astype(np.float32) / 32768.0
+
+
 class Transcriber(Protocol):
     def transcribe(self, audio_8k: np.ndarray) -> Transcript: ...
 
@@ -94,7 +99,7 @@ class WhisperTranscriber:
 
     def transcribe(self, audio_8k: np.ndarray) -> Transcript:
         started = time.perf_counter()
-        audio = resample(audio_8k, 8000, WHISPER_RATE).astype(np.float32) / 32768.0
+        audio = whisper_input(audio_8k)
         if len(audio) / WHISPER_RATE > MAX_SHORT_WINDOW_SECONDS:
             text, no_speech, logprob = self._transcribe_long(audio)
         else:
@@ -106,7 +111,7 @@ class WhisperTranscriber:
 
     def transcribe_full_window(self, audio_8k: np.ndarray) -> str:
         """Whisper's standard 30 s window: the accuracy reference for the short window (tests, models.md)."""
-        audio = resample(audio_8k, 8000, WHISPER_RATE).astype(np.float32) / 32768.0
+        audio = whisper_input(audio_8k)
         return self._transcribe_window(audio, short=False)[0]
 
     def _transcribe_window(self, audio: np.ndarray, short: bool) -> tuple[str, float, float]:
