@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import FIXTURES, JFK_TRANSCRIPT, word_error_rate, words
-from voicepipe.call import CallSession
+from voicepipe.call import CallSession, is_goodbye
 from voicepipe.config import Settings
 from voicepipe.models import Models
 from voicepipe.server import CALL_ENDED, create_app
@@ -241,12 +241,30 @@ async def test_silence_reprompts_then_hangs_up(base_settings: Settings, models: 
     assert len(result.after_turns_audio) > 2 * 8000  # both lines were played before the hang-up
 
 
+@pytest.mark.parametrize(("text", "language"), [
+    ("Okay, goodbye.", "en"), ("Good-bye!", "en"), ("OK. Bye-bye.", "en"), ("Thanks, bye!", "en"),
+    ("Thank you, good bye.", "en"), ("Well, that's all.", "en"), ("Adiós, gracias.", "es"), ("Vale, chao.", "es"),
+    ("Hasta luego.", "es"), ("Bueno, eso es todo.", "es"),
+])
+def test_farewells_as_whisper_writes_them(text: str, language: str) -> None:
+    assert is_goodbye(text, language)
+
+
+@pytest.mark.parametrize(("text", "language"), [
+    ("Okay.", "en"), ("Thank you.", "en"), ("I said goodbye to my old plan, I want a new one.", "en"),
+    ("Bye, wait, one more thing.", "en"), ("Gracias.", "es"), ("Adiós a mi viejo plan.", "es"),
+])
+def test_a_mention_of_goodbye_is_not_a_farewell(text: str, language: str) -> None:
+    assert not is_goodbye(text, language)
+
+
 async def test_goodbye_ends_the_call(base_settings: Settings, models: Models, speech_dir: Path) -> None:
     async with serving(base_settings, models) as (url, ended):
         result = await simulate_call(url, [speech_dir / "goodbye.wav"], stay_on_line=10.0)
         await wait_for(ended)
-    assert result.hung_up
-    assert ended[0].history[-1]["content"] == "Thank you for calling. Goodbye!"
+    history = [m["content"] for m in ended[0].history]
+    assert result.hung_up, (ended[0].end_reason, history)
+    assert history[-1] == "Thank you for calling. Goodbye!", history
 
 
 async def test_stop_ends_every_task_of_the_call(base_settings: Settings, models: Models, speech_dir: Path) -> None:

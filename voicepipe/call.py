@@ -75,7 +75,7 @@ def prepare_speech(models: Models, text: str) -> bytes:
 
 def is_goodbye(text: str, language: str) -> bool:
     """True when the caller's whole turn is a farewell ("Okay, bye!"), not a sentence that mentions one."""
-    words = re.sub(r"[^\w\s'-]", " ", text.lower()).split()
+    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
     words = [w for w in words if w not in ("ok", "okay", "well", "then", "thanks", "thank", "you", "vale",
                                             "bueno", "gracias", "pues", "so")]
     return bool(words) and " ".join(words) in GOODBYES[language]
