@@ -65,8 +65,8 @@ PHRASES = {
         "dtmf": "(La persona que llama pulsó {digits} en el teclado del teléfono.)",
     },
 }
-# A caller's turn made only of these ends the call (after the closing line). Hyphens count as spaces, since
-# whisper writes "good-bye" and "bye-bye" as often as not; fillers such as "okay" and "thanks" are ignored.
+# A caller's turn made only of these ends the call (after the closing line). Hyphens count as spaces (whisper
+# writes both "goodbye" and "good-bye"); fillers such as "okay" and "thanks" are ignored (see call.is_goodbye).
 GOODBYES = {
     "en": ("goodbye", "good bye", "bye", "bye bye", "that's all", "that is all"),
     "es": ("adiós", "adios", "hasta luego", "chao", "chau", "hasta pronto", "eso es todo"),
