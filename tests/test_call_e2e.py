@@ -33,7 +33,7 @@ async def serving(settings: Settings, models: Models) -> AsyncIterator[tuple[str
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         yield f"http://127.0.0.1:{port}", ended
     finally:

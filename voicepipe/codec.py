@@ -44,6 +44,11 @@ def pcm16_to_ulaw(samples: np.ndarray) -> bytes:
     return _ENCODE[index].tobytes()
 
 
+def pcm16_to_float(samples: np.ndarray) -> np.ndarray:
+    """Convert int16 samples to float32 in [-1, 1), as the models take them."""
+    return samples.astype(np.float32) / 32768.0
+
+
 def float_to_pcm16(samples: np.ndarray) -> np.ndarray:
     """Convert float samples in [-1, 1] to int16, clipping."""
     return (samples.clip(-1.0, 1.0) * 32767.0).astype(np.int16)

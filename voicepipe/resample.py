@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from voicepipe.codec import float_to_pcm16
+from voicepipe.codec import float_to_pcm16, pcm16_to_float
 
 
 class StreamResampler:
@@ -18,8 +18,7 @@ class StreamResampler:
 
     def process(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
         """Resample one chunk; pass last=True on the final chunk to flush the filter's tail."""
-        floats = samples.astype(np.float32) / 32768.0
-        return float_to_pcm16(self._stream.resample_chunk(floats, last=last))
+        return float_to_pcm16(self._stream.resample_chunk(pcm16_to_float(samples), last=last))
 
 
 def resample(samples: np.ndarray, in_rate: int, out_rate: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_ctranslate2_storage, get_suppressed_tokens
 
+from voicepipe.codec import pcm16_to_float
 from voicepipe.resample import resample
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class Transcript:
 
 def whisper_input(audio_8k: np.ndarray) -> np.ndarray:
     """Phone-line int16 at 8 kHz -> the float32 16 kHz signal whisper takes."""
-    return resample(audio_8k, 8000, WHISPER_RATE).astype(np.float32) / 32768.0
+    return pcm16_to_float(resample(audio_8k, 8000, WHISPER_RATE))
 
 
 class Transcriber(Protocol):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
+from voicepipe.codec import pcm16_to_float
 from voicepipe.resample import StreamResampler
 
 WINDOW = 512  # samples at 16 kHz: 32 ms
@@ -48,7 +49,7 @@ class SileroStream:
         self.probability = 0.0
 
     def feed(self, samples_8k: np.ndarray) -> float:
-        audio = self._upsampler.process(samples_8k).astype(np.float32) / 32768.0
+        audio = pcm16_to_float(self._upsampler.process(samples_8k))
         self._pending = np.concatenate([self._pending, audio])
         while len(self._pending) >= WINDOW:
             window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
