@@ -114,7 +114,7 @@ async def start_site(
         context.load_cert_chain(*tls)
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
-    return runner, runner.addresses[0][1]
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
 
 @pytest.fixture
