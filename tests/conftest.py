@@ -71,12 +71,19 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory, models) -> Path:  # typ
     }
     for name, text in phrases.items():
         soundfile.write(directory / f"{name}.wav", np.concatenate([lead, models.synthesizer.synthesize(text)]), rate)
-    # One utterance with a 400 ms hesitation inside: longer than the pause, shorter than the end of turn.
+    # One utterance with a 400 ms hesitation inside: longer than the pause, shorter than the end of turn. Piper
+    # adds 30-160 ms of its own near-silence at each end, varying per take; it is cut so the gap is 400 ms.
     first, _ = soundfile.read(directory / "first_half.wav", dtype="int16")
     second, _ = soundfile.read(directory / "second_half.wav", dtype="int16")
     gap = np.zeros(int(0.4 * rate), dtype=np.int16)
-    soundfile.write(directory / "hesitant.wav", np.concatenate([first, gap, second[len(lead):]]), rate)
+    soundfile.write(directory / "hesitant.wav", np.concatenate([lead, trim_quiet(first), gap, trim_quiet(second)]), rate)
     return directory
+
+
+def trim_quiet(samples: np.ndarray, level: int = 328) -> np.ndarray:
+    """Cut what lies below -40 dBFS at both ends."""
+    loud = np.flatnonzero(np.abs(samples) > level)
+    return samples[loud[0] : loud[-1] + 1] if loud.size else samples[:0]
 
 
 def make_noises(seconds: float = 2.0, rate: int = 8000) -> dict[str, np.ndarray]:
