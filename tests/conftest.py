@@ -76,7 +76,8 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory, models) -> Path:  # typ
     first, _ = soundfile.read(directory / "first_half.wav", dtype="int16")
     second, _ = soundfile.read(directory / "second_half.wav", dtype="int16")
     gap = np.zeros(int(0.4 * rate), dtype=np.int16)
-    soundfile.write(directory / "hesitant.wav", np.concatenate([lead, trim_quiet(first), gap, trim_quiet(second)]), rate)
+    hesitant = np.concatenate([lead, trim_quiet(first), gap, trim_quiet(second)])
+    soundfile.write(directory / "hesitant.wav", hesitant, rate)
     return directory
 
 
