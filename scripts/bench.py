@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from voicepipe.cli import running_server  # noqa: E402
 from voicepipe.config import Settings, load_settings  # noqa: E402
-from voicepipe.logs import setup_logging  # noqa: E402
-from voicepipe.models import Models, load_models  # noqa: E402
+from voicepipe.engines.models import Models, load_models  # noqa: E402
+from voicepipe.engines.tts import synthesize  # noqa: E402
+from voicepipe.service.logs import setup_logging  # noqa: E402
 from voicepipe.simulate import CallerTurn, CallResult, simulate_call  # noqa: E402
 
 QUESTIONS = [
@@ -52,7 +53,7 @@ def speak_questions(models: Models, directory: Path) -> list[Path]:
     paths = []
     for index, question in enumerate(QUESTIONS):
         path = directory / f"q{index}.wav"
-        audio = models.synthesizer.synthesize(question)
+        audio = synthesize(models.synthesizer, question)
         soundfile.write(path, np.concatenate([np.zeros(rate // 3, np.int16), audio]), rate)
         paths.append(path)
     return paths
@@ -125,7 +126,7 @@ async def bench_barge_in(settings: Settings, models: Models, trials: int, direct
     for name, text in {"story": "Please tell me a long story about a brave little dragon.",
                        "cut": "I have another question about my account instead."}.items():
         clips[name] = directory / f"{name}.wav"
-        audio = np.concatenate([np.zeros(rate // 3, np.int16), models.synthesizer.synthesize(text)])
+        audio = np.concatenate([np.zeros(rate // 3, np.int16), synthesize(models.synthesizer, text)])
         soundfile.write(clips[name], audio, rate)
     caller, server = [], []
     async with running_server(dataclasses.replace(settings, llm_max_tokens=200), models=models) as base:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from voicepipe.download import SOURCES, DownloadError, download, load_manifest  # noqa: E402
+from voicepipe.engines.download import SOURCES, DownloadError, download, load_manifest  # noqa: E402
 
 
 def main() -> int:

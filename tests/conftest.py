@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from voicepipe.engines.tts import synthesize
 from voicepipe.simulate import load_audio_8k
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -46,7 +47,7 @@ def base_settings(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-
 @pytest.fixture(scope="session")
 def models(base_settings):  # type: ignore[no-untyped-def]
     """The real default models (fetched by `make setup`), loaded once for all end-to-end tests."""
-    from voicepipe.models import load_models
+    from voicepipe.engines.models import load_models
 
     return load_models(base_settings)
 
@@ -70,7 +71,7 @@ def speech_dir(tmp_path_factory: pytest.TempPathFactory, models) -> Path:  # typ
         "goodbye": "Okay, goodbye!",
     }
     for name, text in phrases.items():
-        soundfile.write(directory / f"{name}.wav", np.concatenate([lead, models.synthesizer.synthesize(text)]), rate)
+        soundfile.write(directory / f"{name}.wav", np.concatenate([lead, synthesize(models.synthesizer, text)]), rate)
     # One utterance with a 400 ms hesitation inside: longer than the pause, shorter than the end of turn. Piper
     # adds 30-160 ms of its own near-silence at each end, varying per take; it is cut so the gap is 400 ms.
     first, _ = soundfile.read(directory / "first_half.wav", dtype="int16")

@@ -1,4 +1,4 @@
-from voicepipe.chunker import SentenceChunker, clean_for_speech
+from voicepipe.conversation.chunker import SentenceChunker, clean_for_speech
 
 
 def run(deltas: list[str]) -> list[str]:

@@ -3,7 +3,7 @@ import sys
 import numpy as np
 import pytest
 
-from voicepipe.codec import float_to_pcm16, pcm16_to_ulaw, ulaw_to_pcm16
+from voicepipe.audio.codec import float_to_pcm16, pcm16_to_ulaw, ulaw_to_pcm16
 
 # Values from the G.711 tables (ITU-T G.711, and every mu-law implementation since).
 KNOWN_DECODE = {0xFF: 0, 0x7F: 0, 0x80: 32124, 0x00: -32124, 0xF0: 120, 0x70: -120, 0xEF: 132, 0x8F: 16764}

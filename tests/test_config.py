@@ -31,7 +31,7 @@ def test_language_variants_select_defaults() -> None:
 
 
 def test_missing_spanish_models_name_the_download_command(tmp_path: Path) -> None:
-    from voicepipe.models import ModelFileError, check_model_files
+    from voicepipe.engines.models import ModelFileError, check_model_files
 
     settings = load_settings({"VOICEPIPE_LANGUAGE": "es", "VOICEPIPE_MODELS_DIR": str(tmp_path)}, env_file=None)
     with pytest.raises(ModelFileError, match=r"whisper-base.*download_models.py --preset es"):
@@ -58,3 +58,23 @@ def test_missing_spanish_models_name_the_download_command(tmp_path: Path) -> Non
 def test_bad_values_name_the_setting(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         load_settings(env, env_file=None)
+
+
+def test_backend_settings_are_checked() -> None:
+    base: dict[str, str] = {}
+    with pytest.raises(ConfigError, match="VOICEPIPE_LLM_BACKEND"):
+        load_settings({**base, "VOICEPIPE_LLM_BACKEND": "cloud"}, env_file=None)
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        load_settings({**base, "VOICEPIPE_LLM_BACKEND": "openai"}, env_file=None)
+    with pytest.raises(ConfigError, match="http"):
+        load_settings({**base, "VOICEPIPE_LLM_BACKEND": "openai", "VOICEPIPE_OPENAI_BASE_URL": "ftp://x"},
+                      env_file=None)
+    settings = load_settings({**base, "VOICEPIPE_LLM_BACKEND": "local+openai", "OPENAI_API_KEY": "sk-test",
+                              "VOICEPIPE_OPENAI_MODEL": "gpt-4.1-mini"}, env_file=None)
+    assert (settings.llm_backend, settings.openai_model, settings.openai_base_url) == ("local+openai",
+                                                                                       "gpt-4.1-mini", "")
+    assert settings.openai_api_key == "sk-test"
+    assert settings.uses_local_llm and settings.uses_llm_server
+    only_server = load_settings({"VOICEPIPE_LLM_BACKEND": "openai", "OPENAI_API_KEY": "k"}, env_file=None)
+    assert not only_server.uses_local_llm and only_server.uses_llm_server
+    assert load_settings({}, env_file=None).uses_local_llm and not load_settings({}, env_file=None).uses_llm_server

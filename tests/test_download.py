@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from voicepipe.download import VERIFIED_FILE, DownloadError, download
+from tests.helpers import start_site
+from voicepipe.engines.download import VERIFIED_FILE, DownloadError, download
 
 WEIGHTS = bytes(range(256)) * 4000  # an "LFS" file: the hub publishes its sha256
 CONFIG = b'{"layers": 2}\n'  # a small git file: the hub publishes its git blob sha1
@@ -73,9 +74,7 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     app.router.add_route("*", "/org/model/resolve/{revision}/{path:.*}", fake.handle)
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    loop.run_until_complete(site.start())
-    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    fake.url = f"http://127.0.0.1:{loop.run_until_complete(start_site(runner))}"
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("HF_ENDPOINT", fake.url)

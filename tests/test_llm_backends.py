@@ -14,13 +14,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.test_call_e2e import serving, user_turns, wait_for
-from tests.test_security import assert_logs_hold_no_words
-from tests.test_shutdown import free_port
+from tests.helpers import assert_logs_hold_no_words, free_port, serving, user_turns, wait_for
 from voicepipe.config import ConfigError, Settings, load_settings
-from voicepipe.llm import LlamaChat, Message
-from voicepipe.llm_backends import FallbackChat, OpenAIChat
-from voicepipe.models import Models, load_chat
+from voicepipe.engines.llm import ChatBackend, LlamaChat, Message, reply_text
+from voicepipe.engines.llm_backends import FallbackChat, OpenAIChat
+from voicepipe.engines.models import Models, load_chat
 from voicepipe.simulate import simulate_call
 
 pytestmark = pytest.mark.models
@@ -64,8 +62,8 @@ def openai_settings(settings: Settings, base_url: str, backend: str = "openai") 
                                openai_context=2048)
 
 
-async def collect(chat: object, messages: list[Message], key: str = "") -> str:
-    return "".join([delta async for delta in chat.stream(messages, key)])  # type: ignore[attr-defined]
+async def collect(chat: ChatBackend, messages: list[Message], key: str = "") -> str:
+    return await reply_text(chat, messages, key)
 
 
 def ask(text: str) -> list[Message]:
@@ -177,17 +175,17 @@ async def test_a_long_call_never_overflows_the_context(models: Models, llm_serve
     assert await collect(chat, history)
 
 
-def test_backend_settings_are_checked() -> None:
-    base = {"VOICEPIPE_MODELS_DIR": str(ROOT / "models")}
-    with pytest.raises(ConfigError, match="VOICEPIPE_LLM_BACKEND"):
-        load_settings({**base, "VOICEPIPE_LLM_BACKEND": "cloud"}, env_file=None)
-    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
-        load_settings({**base, "VOICEPIPE_LLM_BACKEND": "openai"}, env_file=None)
-    with pytest.raises(ConfigError, match="http"):
-        load_settings({**base, "VOICEPIPE_LLM_BACKEND": "openai", "VOICEPIPE_OPENAI_BASE_URL": "ftp://x"},
-                      env_file=None)
-    settings = load_settings({**base, "VOICEPIPE_LLM_BACKEND": "local+openai", "OPENAI_API_KEY": "sk-test",
-                              "VOICEPIPE_OPENAI_MODEL": "gpt-4.1-mini"}, env_file=None)
-    assert (settings.llm_backend, settings.openai_model, settings.openai_base_url) == ("local+openai",
-                                                                                       "gpt-4.1-mini", "")
-    assert settings.openai_api_key == "sk-test"
+
+
+def test_doctor_asks_the_server_for_its_models(base_settings: Settings, llm_server: str) -> None:
+    # The doctor uses the backend's own client (one place builds it): a real server, a right and a wrong model.
+    from voicepipe.doctor import check_llm_server
+
+    (found,) = check_llm_server(openai_settings(base_settings, llm_server))
+    assert found.ok and f"serves '{SERVER_MODEL}'" in found.detail, found.line()
+    wrong = dataclasses.replace(openai_settings(base_settings, llm_server), openai_model="gpt-9")
+    (missing,) = check_llm_server(wrong)
+    assert not missing.ok and "does not serve 'gpt-9'" in missing.detail and SERVER_MODEL in missing.detail
+    (dead,) = check_llm_server(openai_settings(base_settings, f"http://127.0.0.1:{free_port()}/v1"))
+    assert not dead.ok and "VOICEPIPE_OPENAI_BASE_URL" in dead.fix
+    assert check_llm_server(base_settings) == []  # the local backend has no server to check

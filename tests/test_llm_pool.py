@@ -1,6 +1,6 @@
 import asyncio
 
-from voicepipe.llm import InstancePool
+from voicepipe.engines.llm import InstancePool
 
 
 async def test_waiting_turns_are_served_in_arrival_order() -> None:

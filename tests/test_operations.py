@@ -8,7 +8,6 @@ import dataclasses
 import json
 import logging
 import os
-import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -20,12 +19,11 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.test_call_e2e import serving, wait_for
-from tests.test_outbound import ACCOUNT, FROM, TOKEN, FakeTwilioApi
+from tests.helpers import ACCOUNT, FROM, TOKEN, FakeTwilioApi, running, serving, start_site, wait_for
 from voicepipe.cli import main
 from voicepipe.config import Settings, load_settings
-from voicepipe.logs import JsonFormatter, call_sid_var
-from voicepipe.models import ModelFileError, Models, resolve_device
+from voicepipe.engines.models import ModelFileError, Models, resolve_device
+from voicepipe.service.logs import JsonFormatter, call_sid_var
 from voicepipe.simulate import simulate_call
 
 ROOT = Path(__file__).parent.parent
@@ -69,14 +67,14 @@ async def test_metrics_show_the_call_its_stages_and_errors(
 
 
 def test_json_logs_carry_the_call_sid() -> None:
-    record = logging.LogRecord("voicepipe.call", logging.INFO, __file__, 1, "turn %d done", (3,), None)
+    record = logging.LogRecord("voicepipe.conversation.session", logging.INFO, __file__, 1, "turn %d done", (3,), None)
     token = call_sid_var.set("CA123")
     try:
         record.call_sid = call_sid_var.get()
     finally:
         call_sid_var.reset(token)
     line = json.loads(JsonFormatter().format(record))
-    assert (line["level"], line["logger"], line["call_sid"], line["message"]) == ("INFO", "voicepipe.call", "CA123",
+    assert (line["level"], line["logger"], line["call_sid"], line["message"]) == ("INFO", "voicepipe.conversation.session", "CA123",
                                                                                  "turn 3 done")
 
 
@@ -102,27 +100,11 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cert, key
 
 
-async def start_site(
-    app_or_runner: web.Application | web.AppRunner, tls: tuple[Path, Path] | None = None
-) -> tuple[web.AppRunner, int]:
-    runner = app_or_runner if isinstance(app_or_runner, web.AppRunner) else web.AppRunner(app_or_runner)
-    if isinstance(app_or_runner, web.Application):
-        await runner.setup()
-    context = None
-    if tls is not None:
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(*tls)
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
-    await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-
 @pytest.fixture
 async def twilio_api() -> AsyncIterator[tuple[FakeTwilioApi, str]]:
     api = FakeTwilioApi()
-    runner, port = await start_site(api.app())
-    yield api, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with running(api.app()) as port:
+        yield api, f"http://127.0.0.1:{port}"
 
 
 async def doctor(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **env: str) -> tuple[int, str]:
@@ -138,6 +120,7 @@ def lines_of(output: str, status: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith(status)]
 
 
+@pytest.mark.models  # hashes the real model files
 async def test_doctor_names_each_problem_of_a_broken_setup(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tls_files: tuple[Path, Path]
 ) -> None:
@@ -151,13 +134,9 @@ async def test_doctor_names_each_problem_of_a_broken_setup(
     (whisper / "config.json").write_text("{}")  # corrupt
     (models / "smollm2-135m-instruct").symlink_to(ROOT / "models" / "smollm2-135m-instruct")
     # No Piper voice at all; nothing listens on the port; the "tunnel" is a web server that is not voicepipe.
-    other = web.Application()
-    runner, tunnel_port = await start_site(other, tls_files)
-    try:
+    async with running(web.Application(), tls_files) as tunnel_port:
         code, output = await doctor(monkeypatch, capsys, VOICEPIPE_MODELS_DIR=str(models), VOICEPIPE_PORT="1",
                                     WEBHOOK_URL=f"https://localhost:{tunnel_port}", SSL_CERT_FILE=str(tls_files[0]))
-    finally:
-        await runner.cleanup()
     problems = lines_of(output, "FAIL")
     assert code == 1
     assert any("model stt: whisper-tiny.en: config.json checksum mismatch -> python scripts/download_models.py "
@@ -181,13 +160,13 @@ async def test_doctor_passes_when_the_tunnel_reaches_this_server(
     tls_files: tuple[Path, Path], twilio_api: tuple[FakeTwilioApi, str], tmp_path: Path
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    from voicepipe.server import create_app
+    from voicepipe.service.app import create_app
 
     runner = web.AppRunner(create_app(base_settings, models))
     await runner.setup()
     # One app, two doors: plain HTTP on loopback (the server's port) and HTTPS (the tunnel's end).
-    _, port = await start_site(runner)
-    _, tunnel_port = await start_site(runner, tls_files)
+    port = await start_site(runner)
+    tunnel_port = await start_site(runner, tls_files)
     try:
         code, output = await doctor(
             monkeypatch, capsys, VOICEPIPE_MODELS_DIR=str(base_settings.models_dir), VOICEPIPE_PORT=str(port),

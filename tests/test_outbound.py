@@ -12,73 +12,19 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from tests.test_call_e2e import serving
+from tests.helpers import ACCOUNT, FROM, TO, TOKEN, FakeTwilioApi, running, serving
 from voicepipe.cli import main
 from voicepipe.config import Settings
-from voicepipe.models import Models
-from voicepipe.records import CallRecords
-
-ACCOUNT = "AC" + "1" * 32
-TOKEN = "t" * 32
-FROM = "+15550001111"
-TO = "+15557654321"
-
-
-class FakeTwilioApi:
-    """Twilio's Calls resource, as much as `voicepipe call` uses: create, then fetch until it ends."""
-
-    def __init__(self, reject: bool = False) -> None:
-        self.requests: list[tuple[str, str, dict[str, list[str]], str]] = []  # method, path, form, auth
-        self.reject = reject
-        self.statuses = ["queued", "ringing", "in-progress", "in-progress", "completed"]
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_post("/2010-04-01/Accounts/{account}/Calls.json", self.create)
-        app.router.add_get("/2010-04-01/Accounts/{account}/Calls/{sid}.json", self.fetch)
-        app.router.add_get("/2010-04-01/Accounts/{account}.json", self.account)
-        app.router.add_get("/2010-04-01/Accounts/{account}/IncomingPhoneNumbers.json", self.numbers)
-        return app
-
-    async def account(self, request: web.Request) -> web.Response:
-        if request.match_info["account"] != ACCOUNT:
-            return web.json_response({"code": 20003, "message": "Authenticate", "status": 401}, status=401)
-        return web.json_response({"sid": ACCOUNT, "friendly_name": "voicepipe test", "status": "active"})
-
-    async def numbers(self, request: web.Request) -> web.Response:
-        owned = [{"sid": "PN" + "c" * 32, "phone_number": FROM}] if request.query.get("PhoneNumber") == FROM else []
-        return web.json_response({"incoming_phone_numbers": owned, "next_page_uri": None, "page": 0,
-                                  "page_size": 1, "uri": request.path})
-
-    async def create(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        fields = {k: [str(v) for v in form.getall(k)] for k in form}
-        self.requests.append(("POST", request.path, fields, request.headers.get("Authorization", "")))
-        if self.reject:
-            return web.json_response({"code": 21211, "message": "The 'To' number is not a valid phone number.",
-                                      "status": 400}, status=400)
-        return web.json_response(self.resource("queued"), status=201)
-
-    async def fetch(self, request: web.Request) -> web.Response:
-        self.requests.append(("GET", request.path, {}, request.headers.get("Authorization", "")))
-        return web.json_response(self.resource(self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]))
-
-    def resource(self, status: str) -> dict[str, str]:
-        return {"sid": "CA" + "a" * 32, "account_sid": ACCOUNT, "status": status, "to": TO, "from": FROM}
+from voicepipe.engines.models import Models
+from voicepipe.service.records import SqliteCallRecords
 
 
 @pytest.fixture
 async def twilio_api() -> AsyncIterator[tuple[FakeTwilioApi, str]]:
     api = FakeTwilioApi()
-    runner = web.AppRunner(api.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield api, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with running(api.app()) as port:
+        yield api, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture
@@ -113,7 +59,7 @@ async def test_call_places_a_conversation_and_follows_it_to_the_end(
     assert "Twiml" not in form
     printed = capsys.readouterr().out
     assert f"call CA{'a' * 32}: placed to {TO}" in printed and printed.rstrip().endswith("completed")
-    record = CallRecords(operator_env / "data").get("CA" + "a" * 32)
+    record = SqliteCallRecords(operator_env / "data").get("CA" + "a" * 32)
     assert record is not None and record["direction"] == "outbound-api" and record["status"] == "completed"
     assert [s["status"] for s in record["status_history"]] == ["queued", "ringing", "in-progress", "completed"]
 
@@ -179,6 +125,7 @@ async def test_twilio_refusing_the_call_is_reported(
     assert "BEGIN Twilio API Request" not in error  # the client's request log (it holds the message) is quiet
 
 
+@pytest.mark.models
 async def test_status_callbacks_out_of_order_keep_the_latest_status(
     base_settings: Settings, models: Models, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from voicepipe.protocol import (
+from voicepipe.telephony.protocol import (
     Connected,
     Dtmf,
     Mark,

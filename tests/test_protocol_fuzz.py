@@ -2,11 +2,12 @@
 
 import base64
 import json
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voicepipe.protocol import Event, ProtocolError, parse_event
+from voicepipe.telephony.protocol import Event, ProtocolError, parse_event
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.sampled_from([float("inf"), float("-inf")])
@@ -46,6 +47,15 @@ def test_parser_never_raises_anything_but_protocol_error(frame: str) -> None:
     assert event is None or isinstance(event, Event.__args__)  # type: ignore[attr-defined]
 
 
+def integer_value(value: object) -> int | None:
+    """The whole number a field holds as Twilio would send it (an int, or its decimal string), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    return None
+
+
 @settings(max_examples=500, deadline=None)
 @given(timestamp=NUMBERS | JSON, sample_rate=NUMBERS | JSON)
 def test_numeric_fields_of_well_formed_frames(timestamp: object, sample_rate: object) -> None:
@@ -53,8 +63,15 @@ def test_numeric_fields_of_well_formed_frames(timestamp: object, sample_rate: ob
                         "media": {"track": "inbound", "payload": "/w==", "timestamp": timestamp}})
     start = json.dumps({"event": "start", "streamSid": "MZ1", "start": {
         "streamSid": "MZ1", "callSid": "CA1", "mediaFormat": {"sampleRate": sample_rate}}})
-    for frame in (media, start):
+    for frame, value, field in ((media, timestamp, "timestamp_ms"), (start, sample_rate, "sample_rate")):
         try:
-            parse_event(frame)
+            event = parse_event(frame)
         except ProtocolError:
-            pass
+            assert integer_value(value) is None, f"{value!r} is a number Twilio could send"
+            continue
+        parsed = getattr(event, field)
+        assert type(parsed) is int, parsed  # never the raw string, float or object
+        if integer_value(value) is not None:
+            assert parsed == integer_value(value)
+        else:  # only a finite float gets this far: it is cut to a whole number
+            assert isinstance(value, float) and parsed == int(value)

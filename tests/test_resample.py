@@ -1,6 +1,6 @@
 import numpy as np
 
-from voicepipe.resample import StreamResampler, resample
+from voicepipe.audio.resample import StreamResampler, resample
 
 
 def tone(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:

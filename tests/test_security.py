@@ -11,12 +11,11 @@ import aiohttp
 import pytest
 from twilio.request_validator import RequestValidator
 
-from tests.test_call_e2e import serving, wait_for
-from voicepipe.call import CallSession
+from tests.helpers import assert_logs_hold_no_words, serving, wait_for
 from voicepipe.config import ConfigError, Settings
-from voicepipe.models import Models
-from voicepipe.records import CallRecords
-from voicepipe.server import check_exposure
+from voicepipe.engines.models import Models
+from voicepipe.service.app import check_exposure
+from voicepipe.service.records import SqliteCallRecords
 from voicepipe.simulate import simulate_call
 
 TOKEN = "f" * 32
@@ -104,15 +103,5 @@ async def test_logs_at_info_hold_no_words_of_the_call(
             result = await simulate_call(url, [speech_dir / "capital.wav"])
             await wait_for(ended)
     assert_logs_hold_no_words(caplog.text, ended[0])
-    record = CallRecords(base_settings.data_dir).get(result.call_sid)
+    record = SqliteCallRecords(base_settings.data_dir).get(result.call_sid)
     assert record is not None and record["turns"] == 1 and record["transcript"] is None  # not stored by default
-
-
-def assert_logs_hold_no_words(logged: str, session: CallSession) -> None:
-    said = [m["content"] for m in session.history if m["role"] in ("user", "assistant")][1:]  # not the greeting
-    assert said
-    logged = logged.lower()
-    for text in said:
-        for word in {w.strip(".,!?'").lower() for w in text.split()} - {"the", "is", "of", "a", "what", "i", "to"}:
-            if len(word) > 3:
-                assert word not in logged, word

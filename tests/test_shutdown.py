@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.helpers import free_port
 from voicepipe.simulate import simulate_call
 
 pytestmark = pytest.mark.models
 ROOT = Path(__file__).parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def test_sigterm_refuses_new_calls_says_goodbye_and_exits_cleanly(tmp_path: Path) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SPANISH, word_error_rate
-from tests.test_call_e2e import serving, wait_for
+from tests.helpers import serving, wait_for
+from voicepipe.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from voicepipe.cli import main
-from voicepipe.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from voicepipe.config import DEFAULT_GREETINGS, Settings, load_settings
-from voicepipe.models import Models
+from voicepipe.engines.models import Models
+from voicepipe.engines.stt import WhisperTranscriber
 from voicepipe.simulate import load_audio_8k, simulate_call
-from voicepipe.stt import WhisperTranscriber
 
 pytestmark = pytest.mark.models
 

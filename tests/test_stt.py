@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 
 from tests.conftest import JFK_TRANSCRIPT, word_error_rate
-from voicepipe.codec import pcm16_to_ulaw, ulaw_to_pcm16
-from voicepipe.models import Models
-from voicepipe.resample import resample
-from voicepipe.stt import WhisperTranscriber, looks_looped
+from voicepipe.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
+from voicepipe.audio.resample import resample
+from voicepipe.engines.models import Models
+from voicepipe.engines.stt import WhisperTranscriber, looks_looped
+from voicepipe.engines.tts import synthesize
 
-pytestmark = pytest.mark.models
 
 
 def phone_line(samples: np.ndarray, rate: int) -> np.ndarray:
     return ulaw_to_pcm16(pcm16_to_ulaw(resample(samples, rate, 8000)))
 
 
+@pytest.mark.models
 def test_fixture_sentence(models: Models, jfk_8k: np.ndarray) -> None:
     result = models.transcriber.transcribe(ulaw_to_pcm16(pcm16_to_ulaw(jfk_8k)))
     assert word_error_rate(JFK_TRANSCRIPT, result.text) < 0.1, result.text
@@ -32,6 +33,7 @@ PHRASES = [
 ]
 
 
+@pytest.mark.models
 def test_short_phrases_at_any_place_in_the_window(models: Models) -> None:
     # Where a short utterance sits in the encoder window (lead and tail silence) once made the short-window
     # decode loop or drop words; the turn detector hands over utterances with 100-300 ms of lead-in.
@@ -41,7 +43,7 @@ def test_short_phrases_at_any_place_in_the_window(models: Models) -> None:
     assert isinstance(transcriber, WhisperTranscriber)
     short_errors, full_errors = [], []
     for text in PHRASES:
-        speech = phone_line(models.synthesizer.synthesize(text), models.synthesizer.sample_rate)
+        speech = phone_line(synthesize(models.synthesizer, text), models.synthesizer.sample_rate)
         for lead_ms, tail_ms in ((0, 200), (60, 550), (140, 200), (140, 550), (300, 900)):
             clip = np.concatenate([np.zeros(lead_ms * 8, np.int16), speech, np.zeros(tail_ms * 8, np.int16)])
             heard = transcriber.transcribe(clip).text
@@ -55,6 +57,7 @@ def test_short_phrases_at_any_place_in_the_window(models: Models) -> None:
     assert np.mean(short_errors) <= 0.05
 
 
+@pytest.mark.models
 def test_silence_is_not_speech(models: Models) -> None:
     assert not models.transcriber.transcribe(np.zeros(8000, dtype=np.int16)).is_speech
 

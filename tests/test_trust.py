@@ -18,9 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.test_call_e2e import serving, user_turns, wait_for
+from tests.helpers import serving, user_turns, wait_for
 from voicepipe.config import Settings
-from voicepipe.models import Models
+from voicepipe.engines.models import Models
 from voicepipe.simulate import CallRefused, simulate_call
 
 pytestmark = pytest.mark.models

@@ -1,6 +1,15 @@
 import numpy as np
+import pytest
 
-from voicepipe.turn import FRAME_SAMPLES, Paused, SpeechResumed, SpeechStarted, TurnDetector, TurnEnded, TurnSettings
+from voicepipe.audio.turn import (
+    FRAME_SAMPLES,
+    Paused,
+    SpeechResumed,
+    SpeechStarted,
+    TurnDetector,
+    TurnEnded,
+    TurnSettings,
+)
 
 RATE = 8000
 
@@ -61,9 +70,10 @@ def test_a_monologue_is_cut_at_the_maximum(jfk_8k: np.ndarray) -> None:
     assert ended and len(ended[0].audio) <= 3.5 * RATE
 
 
+@pytest.mark.models
 def test_steady_noise_never_starts_a_turn_with_silero() -> None:
     from tests.conftest import make_noises
-    from voicepipe.vad import SileroStream, load_silero
+    from voicepipe.audio.vad import SileroStream, load_silero
 
     session = load_silero()
     false_turns = {}
@@ -73,18 +83,22 @@ def test_steady_noise_never_starts_a_turn_with_silero() -> None:
     assert false_turns == {"white": 0, "pink": 0, "hum": 0, "tone": 0}
 
 
+@pytest.mark.models
 def test_speech_still_makes_a_turn_with_silero(jfk_8k: np.ndarray) -> None:
-    from voicepipe.vad import SileroStream, load_silero
+    from voicepipe.audio.vad import SileroStream, load_silero
 
     detector = TurnDetector(TurnSettings(end_of_turn_ms=1500), SileroStream(load_silero()).feed)
     ended = [e for e in feed_all(detector, np.concatenate([jfk_8k, silence(2.0)])) if isinstance(e, TurnEnded)]
     assert len(ended) == 1 and 10_000 <= ended[0].speech_end_ms <= 11_000
 
 
-def test_webrtcvad_alone_is_fooled_by_noise() -> None:
-    # Why Silero is in the loop: without it, loud steady noise starts turns.
-    from tests.conftest import make_noises
+def test_speech_probability_vetoes_frames_unless_the_threshold_is_zero(jfk_8k: np.ndarray) -> None:
+    # VOICEPIPE_SILERO_THRESHOLD=0 turns Silero off: its probability must then be ignored, not merely low.
+    def never_speech(frame: np.ndarray) -> float:
+        return 0.0
 
-    fooled = [name for name, noise in make_noises(seconds=4.0).items()
-              if any(isinstance(e, SpeechStarted) for e in feed_all(TurnDetector(TurnSettings(silero_threshold=0)), noise))]
-    assert fooled
+    audio = np.concatenate([jfk_8k, silence(2.0)])
+    vetoed = feed_all(TurnDetector(TurnSettings(end_of_turn_ms=1500), never_speech), audio)
+    off = feed_all(TurnDetector(TurnSettings(end_of_turn_ms=1500, silero_threshold=0), never_speech), audio)
+    assert not any(isinstance(e, SpeechStarted) for e in vetoed)
+    assert [type(e) for e in off if isinstance(e, (SpeechStarted, TurnEnded))][:2] == [SpeechStarted, TurnEnded]

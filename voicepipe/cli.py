@@ -15,8 +15,8 @@ import soundfile
 from aiohttp import web
 
 from voicepipe.config import ConfigError, Settings, load_settings
-from voicepipe.logs import setup_logging
-from voicepipe.models import ModelFileError, Models
+from voicepipe.engines.models import ModelFileError, Models
+from voicepipe.service.logs import setup_logging
 
 log = logging.getLogger("voicepipe")
 
@@ -26,7 +26,7 @@ async def running_server(
     settings: Settings, host: str = "127.0.0.1", port: int = 0, models: Models | None = None
 ) -> AsyncIterator[str]:
     """Start the real server in this process on a real port; yields its base URL."""
-    from voicepipe.server import create_app
+    from voicepipe.service.app import create_app
 
     runner = web.AppRunner(create_app(settings, models), access_log=None)
     await runner.setup()
@@ -49,7 +49,7 @@ async def _simulate(args: argparse.Namespace, settings: Settings) -> int:
                                      public_url=settings.webhook_url)
     transcriber = None
     if not args.no_transcribe:
-        from voicepipe.stt import WhisperTranscriber
+        from voicepipe.engines.stt import WhisperTranscriber
 
         transcriber = WhisperTranscriber(settings.stt_model_path, settings.language)
     print(f"call {result.call_sid}: greeting {len(result.greeting_audio) / 8000:.1f} s")
@@ -67,17 +67,18 @@ async def _simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _generate_message(settings: Settings, prompt: str) -> str:
     """The one-way message's text, written by the configured LLM (the local model by default)."""
-    from voicepipe.models import load_chat
+    from voicepipe.engines.llm import reply_text
+    from voicepipe.engines.models import load_chat
 
     chat = await asyncio.to_thread(load_chat, settings)
     messages = [{"role": "system", "content": settings.system_prompt}, {"role": "user", "content": prompt}]
-    return "".join([delta async for delta in chat.stream(messages)]).strip()
+    return (await reply_text(chat, messages)).strip()
 
 
 def _call(args: argparse.Namespace, settings: Settings) -> int:
     """Place a call and follow it until it ends."""
-    from voicepipe.outbound import follow_call, place_call, say_twiml, twilio_client
-    from voicepipe.records import CallRecords
+    from voicepipe.service.records import SqliteCallRecords
+    from voicepipe.telephony.rest import follow_call, place_call, say_twiml, twilio_client
 
     to = args.number or settings.to_phone_number
     if not to:
@@ -98,7 +99,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
         print(f"Twilio refused the call: {exc.msg} (error {exc.code}, HTTP {exc.status})", file=sys.stderr)
         return 1
     print(f"call {call_sid}: placed to {to}" + (" (one-way message)" if twiml else ""))
-    records = CallRecords(settings.data_dir)
+    records = SqliteCallRecords(settings.data_dir)
     records.call_offered(call_sid, "outbound-message" if twiml else "outbound-api", settings.twilio_phone_number, to,
                          settings.language)
     if args.no_follow:
@@ -116,9 +117,9 @@ def _calls(args: argparse.Namespace, settings: Settings) -> int:
     import json
     from datetime import datetime
 
-    from voicepipe.records import CallRecords
+    from voicepipe.service.records import SqliteCallRecords
 
-    records = CallRecords(settings.data_dir)
+    records = SqliteCallRecords(settings.data_dir)
     if args.show:
         call = records.get(args.show)
         if call is None:
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":
-            from voicepipe.server import serve as run_server
+            from voicepipe.service.app import serve as run_server
 
             host = args.host or settings.host
             port = args.port if args.port is not None else settings.port

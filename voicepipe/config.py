@@ -10,10 +10,11 @@ from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
-from voicepipe.turn import TurnSettings
+from voicepipe.audio.turn import TurnSettings
 
 LANGUAGES = ("en", "es")
-LLM_BACKENDS = ("local", "openai", "local+openai")
+# VOICEPIPE_LLM_BACKEND, decided here once: (the local GGUF model answers, an OpenAI-compatible server answers).
+LLM_BACKENDS = {"local": (True, False), "openai": (False, True), "local+openai": (True, True)}
 DEVICES = ("auto", "cpu", "cuda")
 
 DEFAULT_SYSTEM_PROMPTS = {
@@ -111,7 +112,7 @@ class Settings:
     llm_threads: int = 0  # 0: llama.cpp's own choice
     stt_threads: int = 0
     llm_instances: int = 2  # llama.cpp copies of the model, so calls can generate at the same time
-    llm_backend: str = "local"  # local | openai | local+openai (local first, OpenAI-compatible as fallback)
+    llm_backend: str = "local"  # local | openai | local+openai: ask uses_local_llm / uses_llm_server, not the name
     openai_base_url: str = ""  # any OpenAI-compatible server (vLLM, llama.cpp server, Ollama); empty: OpenAI
     openai_model: str = "gpt-4o-mini"
     openai_context: int = 8192  # tokens the server's model takes; older turns are dropped to fit
@@ -136,6 +137,16 @@ class Settings:
     def model_path(self, name: str) -> Path:
         path = Path(name)
         return path if path.is_absolute() else self.models_dir / path
+
+    @property
+    def uses_local_llm(self) -> bool:
+        """The GGUF model answers in process (alone, or first with the server as fallback)."""
+        return LLM_BACKENDS[self.llm_backend][0]
+
+    @property
+    def uses_llm_server(self) -> bool:
+        """An OpenAI-compatible server answers (always, or when the local model cannot): call content leaves."""
+        return LLM_BACKENDS[self.llm_backend][1]
 
     @property
     def stt_model_path(self) -> Path:
@@ -223,7 +234,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     if openai_base_url and urlsplit(openai_base_url).scheme not in ("http", "https"):
         raise ConfigError(f"VOICEPIPE_OPENAI_BASE_URL={openai_base_url!r} must be an http(s):// URL (ending in /v1)")
     openai_api_key = env.get("OPENAI_API_KEY", "").strip()
-    if llm_backend != "local" and not (openai_api_key or openai_base_url):
+    if LLM_BACKENDS[llm_backend][1] and not (openai_api_key or openai_base_url):
         raise ConfigError(f"VOICEPIPE_LLM_BACKEND={llm_backend} needs OPENAI_API_KEY (or VOICEPIPE_OPENAI_BASE_URL "
                           "for a server of your own)")
     log_level = env.get("VOICEPIPE_LOG_LEVEL", "INFO").strip().upper()

@@ -3,6 +3,7 @@ Twilio credentials, the LLM server) and print one line per finding, with the fix
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.error
 import urllib.request
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from voicepipe.config import ConfigError, Settings, load_settings
-from voicepipe.download import load_manifest, recorded_sha256, sha256_of
+from voicepipe.engines.download import load_manifest, recorded_sha256, sha256_of
 
 HTTP_TIMEOUT = 5.0
 
@@ -48,7 +49,7 @@ def check_models(settings: Settings) -> list[Finding]:
     """Each configured model file exists and matches the manifest's sha256 (or the one recorded at download)."""
     manifest = load_manifest()
     paths = {"stt": settings.stt_model_path, "tts": settings.tts_voice_path}
-    if settings.llm_backend != "openai":
+    if settings.uses_local_llm:
         paths["llm"] = settings.llm_model_path
     findings = []
     for role, path in paths.items():
@@ -81,7 +82,7 @@ def check_models(settings: Settings) -> list[Finding]:
 
 
 def check_gpu(settings: Settings) -> Finding:
-    from voicepipe.models import gpu_status
+    from voicepipe.engines.models import gpu_status
 
     status = gpu_status()
     detail = (f"{status['cuda_devices']} CUDA device(s); llama.cpp GPU offload "
@@ -145,7 +146,7 @@ def check_twilio(settings: Settings) -> list[Finding]:
         return [Finding("twilio", True, "no credentials set: unsigned mode, loopback only; calls cannot be placed")]
     from twilio.base.exceptions import TwilioException, TwilioRestException
 
-    from voicepipe.outbound import check_number, twilio_client
+    from voicepipe.telephony.rest import check_number, twilio_client
 
     client = twilio_client(settings)
     try:
@@ -172,15 +173,15 @@ def check_twilio(settings: Settings) -> list[Finding]:
 
 
 def check_llm_server(settings: Settings) -> list[Finding]:
-    if settings.llm_backend == "local":
+    if not settings.uses_llm_server:
         return []
-    from openai import OpenAI, OpenAIError
+    from openai import OpenAIError
 
-    client = OpenAI(api_key=settings.openai_api_key or "no-key", base_url=settings.openai_base_url or None,
-                    timeout=HTTP_TIMEOUT, max_retries=0)
+    from voicepipe.engines.models import server_chat
+
     where = settings.openai_base_url or "OpenAI"
     try:
-        served = [m.id for m in client.models.list()]
+        served = asyncio.run(server_chat(settings).served_models(HTTP_TIMEOUT))
     except OpenAIError as exc:
         return [Finding("llm server", False, f"{where}: {exc}", "check VOICEPIPE_OPENAI_BASE_URL / OPENAI_API_KEY")]
     if served and settings.openai_model not in served:

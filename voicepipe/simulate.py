@@ -20,8 +20,8 @@ import aiohttp
 import numpy as np
 import soundfile
 
-from voicepipe.codec import pcm16_to_ulaw, ulaw_to_pcm16
-from voicepipe.resample import resample
+from voicepipe.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
+from voicepipe.audio.resample import resample
 
 FRAME_SECONDS = 0.02
 FRAME_BYTES = 160

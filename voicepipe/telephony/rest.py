@@ -1,8 +1,9 @@
-"""Placing calls through Twilio's REST API: a conversation (Twilio fetches /voice from WEBHOOK_URL) or a one-way
-message spoken by Twilio's <Say> (no webhook, no tunnel needed)."""
+"""Twilio's REST API: placing calls (a conversation, for which Twilio fetches /voice from WEBHOOK_URL, or a
+one-way message spoken by Twilio's <Say>, no webhook needed) and ending a live call."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -98,3 +99,18 @@ def follow_call(
             return status
         time.sleep(interval)
     return last
+
+
+async def complete_call(settings: Settings, call_sid: str) -> None:
+    """With Twilio credentials, end the call through the REST API (closing the stream alone lets Twilio go on
+    to any TwiML after <Connect>)."""
+    if not (settings.twilio_account_sid and settings.twilio_auth_token) or not call_sid.startswith("CA"):
+        return
+
+    def update() -> None:
+        twilio_client(settings).calls(call_sid).update(status="completed")
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(update), timeout=10)
+    except Exception as exc:  # the call may already be over; the stream is closed either way
+        log.warning("could not complete call %s through the Twilio API: %s", call_sid, exc)

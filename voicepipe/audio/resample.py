@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import soxr
 
-from voicepipe.codec import float_to_pcm16, pcm16_to_float
+from voicepipe.audio.codec import float_to_pcm16, pcm16_to_float
 
 
 class StreamResampler:

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlsplit
 
-from voicepipe.llm import ChatBackend, LlamaChat, Message, fit_history
+from voicepipe.engines.llm import ChatBackend, ChatEvent, Message, TextDelta, ToolCall, fit_history
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,16 @@ class OpenAIChat:
     def fit_history(self, messages: list[Message]) -> list[Message]:
         return fit_history(messages, self.context - self.max_tokens - 16, lambda text: len(text) // CHARS_PER_TOKEN + 1)
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[str, None]:
+    @property
+    def saturated(self) -> bool:
+        return False  # the server queues requests itself
+
+    async def served_models(self, timeout: float) -> list[str]:
+        """The model names the server offers (`voicepipe doctor` checks VOICEPIPE_OPENAI_MODEL among them)."""
+        page = await self.client.with_options(timeout=timeout).models.list()
+        return [model.id async for model in page]
+
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
         chunks: Any = await self.client.chat.completions.create(
             model=self.model,
             messages=self.fit_history(messages),  # type: ignore[arg-type]
@@ -57,16 +66,48 @@ class OpenAIChat:
             max_tokens=self.max_tokens,
             temperature=self.temperature,
         )
+        calls = ToolCallAssembler()
         try:
             async for chunk in chunks:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content
+                if not chunk.choices:
+                    continue
+                delta = chunk.choices[0].delta
+                if delta.content:
+                    yield TextDelta(delta.content)
+                for part in delta.tool_calls or ():
+                    calls.add(part.index, part.id, part.function.name if part.function else None,
+                              part.function.arguments if part.function else None)
+                if chunk.choices[0].finish_reason:
+                    for call in calls.finish():
+                        yield call
+            for call in calls.finish():  # a server that never sent a finish_reason
+                yield call
         finally:
             await chunks.close()  # a cancelled turn stops the server's generation too
 
     def report(self) -> dict[str, object]:
         host = urlsplit(self.base_url).netloc if self.base_url else "api.openai.com"
         return {"backend": self.name, "model": self.model, "server": host}
+
+
+class ToolCallAssembler:
+    """OpenAI streams a tool call in pieces: its id and name first, then its arguments in fragments, each piece
+    tagged with the call's index. Joined here into whole ToolCalls."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, dict[str, str]] = {}
+
+    def add(self, index: int, call_id: str | None, name: str | None, arguments: str | None) -> None:
+        part = self._parts.setdefault(index, {"id": "", "name": "", "arguments": ""})
+        part["id"] = call_id or part["id"]
+        if name and not part["name"]:  # sent once, with the first piece
+            part["name"] = name
+        part["arguments"] += arguments or ""
+
+    def finish(self) -> list[ToolCall]:
+        calls = [ToolCall(p["id"], p["name"], p["arguments"]) for _, p in sorted(self._parts.items()) if p["name"]]
+        self._parts.clear()
+        return calls
 
 
 class FallbackChat:
@@ -76,7 +117,7 @@ class FallbackChat:
     primary (the local model could not be loaded), every turn goes to the server."""
 
     def __init__(
-        self, primary: LlamaChat | None, secondary: ChatBackend, first_token_timeout: float, cooldown: float
+        self, primary: ChatBackend | None, secondary: ChatBackend, first_token_timeout: float, cooldown: float
     ) -> None:
         self.name = f"local+{secondary.name}"
         self.primary = primary
@@ -88,7 +129,11 @@ class FallbackChat:
         self.last_fallback_reason = ""
         self._primary_resting_until = 0.0
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[str, None]:
+    @property
+    def saturated(self) -> bool:
+        return False  # the server takes what the local model cannot
+
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
         reason = self._reason_to_skip_primary()
         if reason is None and self.primary is not None:
             deltas = self.primary.stream(messages, key)

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS calls (
@@ -45,7 +45,30 @@ CREATE TABLE IF NOT EXISTS turns (
 """
 
 
-class CallRecords:
+class CallRecords(Protocol):
+    """Where calls are recorded. SqliteCallRecords is the embedded default; a shared store (for several nodes)
+    implements the same methods."""
+
+    def call_offered(self, call_sid: str, direction: str, from_number: str, to_number: str,
+                     language: str = "") -> None: ...
+
+    def status(self, call_sid: str, status: str, sequence: int | None) -> None: ...
+
+    def stream_started(self, call_sid: str) -> None: ...
+
+    def turn(self, call_sid: str, turn: int, timings: dict[str, object]) -> None: ...
+
+    def stream_ended(self, call_sid: str, outcome: str, turns: int,
+                     transcript: list[dict[str, str]] | None) -> None: ...
+
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]: ...
+
+    def get(self, call_sid: str) -> dict[str, Any] | None: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteCallRecords:
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = data_dir / "calls.sqlite3"

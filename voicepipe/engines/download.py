@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-MANIFEST = Path(__file__).resolve().parent.parent / "models" / "manifest.json"
+MANIFEST = Path(__file__).resolve().parents[2] / "models" / "manifest.json"
 VERIFIED_FILE = ".verified.json"
 SOURCES = ("pypi", "hub")
 

@@ -1,6 +1,8 @@
-"""Streaming chat with a local llama.cpp model: token deltas flow from a worker thread into asyncio.
+"""Streaming chat: the ChatBackend seam, and a local llama.cpp model whose tokens flow from a worker thread
+into asyncio.
 
-Other backends (OpenAI, any OpenAI-compatible server, local-with-fallback) are in llm_backends.py."""
+A backend streams ChatEvents: text deltas to speak and, from models that call functions, tool calls. Other
+backends (OpenAI, any OpenAI-compatible server, local-with-fallback) are in llm_backends.py."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,12 +21,43 @@ Message = dict[str, str]
 _DONE = object()
 
 
+@dataclass(frozen=True)
+class TextDelta:
+    """The next piece of the reply's text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function the model asks to run, complete (streamed arguments already joined)."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text as the model wrote it: parse and check it before use
+
+
+ChatEvent = TextDelta | ToolCall
+
+
 class ChatBackend(Protocol):
     name: str  # which backend answers: "local", "openai", "local+openai"
 
-    def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[str, None]: ...
+    def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
+        """The reply to `messages` as it is generated; `key` (the call) may steer it to a warm cache."""
+        ...
+
+    @property
+    def saturated(self) -> bool:
+        """A new turn would have to wait for capacity (every local instance busy)."""
+        ...
 
     def report(self) -> dict[str, object]: ...
+
+
+async def reply_text(chat: ChatBackend, messages: list[Message], key: str = "") -> str:
+    """The whole reply's text, for callers that do not stream (tool calls are not run here)."""
+    return "".join([event.text async for event in chat.stream(messages, key) if isinstance(event, TextDelta)])
 
 
 TEMPLATE_TOKENS = 6  # a chat template's markers around each message
@@ -165,7 +199,7 @@ class LlamaChat:
             self._pool, self._pool_loop = InstancePool(self.instances), loop
         return self._pool
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[str, None]:
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
         """Stream the reply's text deltas; `key` (the call) steers the turn to its call's last instance."""
         loop = asyncio.get_running_loop()
         pool = self._instances_pool()
@@ -192,7 +226,7 @@ class LlamaChat:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                yield str(item)
+                yield TextDelta(str(item))
         finally:
             # A cancelled turn (barge-in, hang-up, a speculation that lost) stops at the next token; the
             # instance goes back only once its thread has let go of it.

@@ -13,8 +13,8 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_ctranslate2_storage, get_suppressed_tokens
 
-from voicepipe.codec import pcm16_to_float
-from voicepipe.resample import resample
+from voicepipe.audio.codec import pcm16_to_float
+from voicepipe.audio.resample import resample
 
 log = logging.getLogger(__name__)
 

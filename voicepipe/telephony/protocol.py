@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,11 +74,16 @@ def _string(parent: dict[str, Any], key: str) -> str:
     return value
 
 
+WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
+
+
 def _int(parent: dict[str, Any], key: str, default: int | None = None) -> int:
     # Twilio sends numbers as strings; accept both.
     value = parent.get(key, default)
     if isinstance(value, bool) or value is None:
         raise ProtocolError(f"'{key}' must be a number")
+    if isinstance(value, str) and not WHOLE_NUMBER.fullmatch(value):  # int() also takes "1_000"
+        raise ProtocolError(f"'{key}' must be a whole number, got {value!r}")
     try:
         return int(value)
     except (TypeError, ValueError, OverflowError):  # json.loads accepts Infinity and NaN

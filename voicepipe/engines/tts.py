@@ -1,7 +1,8 @@
-"""Text to speech with Piper: one sentence in, int16 PCM at the voice's own rate out."""
+"""Text to speech with Piper: text in, int16 PCM at the voice's own rate out, a piece at a time."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -12,7 +13,15 @@ from piper import PiperVoice
 class Synthesizer(Protocol):
     sample_rate: int
 
-    def synthesize(self, text: str) -> np.ndarray: ...
+    def stream(self, text: str) -> Iterator[np.ndarray]:
+        """The speech for `text` as int16 PCM pieces, each yielded as soon as it is synthesized."""
+        ...
+
+
+def synthesize(synthesizer: Synthesizer, text: str) -> np.ndarray:
+    """The whole of `text` as one int16 array."""
+    pieces = list(synthesizer.stream(text))
+    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int16)
 
 
 class PiperSynthesizer:
@@ -25,8 +34,7 @@ class PiperSynthesizer:
         self.voice = PiperVoice.load(model_path, config_path=config_path, use_cuda=use_cuda)
         self.sample_rate = int(self.voice.config.sample_rate)
 
-    def synthesize(self, text: str) -> np.ndarray:
-        chunks = [chunk.audio_int16_array for chunk in self.voice.synthesize(text)]
-        if not chunks:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate(chunks)
+    def stream(self, text: str) -> Iterator[np.ndarray]:
+        """Piper yields one piece per sentence of `text`."""
+        for chunk in self.voice.synthesize(text):
+            yield chunk.audio_int16_array

@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 
+from voicepipe.audio.vad import load_silero
 from voicepipe.config import Settings
-from voicepipe.llm import ChatBackend, LlamaChat
-from voicepipe.llm_backends import FallbackChat, OpenAIChat
-from voicepipe.stt import Transcriber, WhisperTranscriber
-from voicepipe.tts import PiperSynthesizer, Synthesizer
-from voicepipe.vad import load_silero
+from voicepipe.engines.llm import ChatBackend, LlamaChat
+from voicepipe.engines.llm_backends import FallbackChat, OpenAIChat
+from voicepipe.engines.stt import Transcriber, WhisperTranscriber
+from voicepipe.engines.tts import PiperSynthesizer, Synthesizer, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def check_model_files(settings: Settings) -> None:
     _require(settings, stt, "VOICEPIPE_STT_MODEL", "whisper model directory")
     for name in ("model.bin", "config.json", "tokenizer.json"):
         _require(settings, stt / name, "VOICEPIPE_STT_MODEL", "whisper model file")
-    if settings.llm_backend == "local":  # with a fallback server, a missing local model is survivable
+    if not settings.uses_llm_server:  # with a fallback server, a missing local model is survivable
         _require(settings, settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
     _require(settings, settings.tts_voice_path, "VOICEPIPE_TTS_VOICE", "Piper voice")
     _require(settings, Path(f"{settings.tts_voice_path}.json"), "VOICEPIPE_TTS_VOICE", "Piper voice config")
@@ -111,15 +111,20 @@ def load_local_chat(settings: Settings, device: str = "cpu") -> LlamaChat:
     return chat
 
 
+def server_chat(settings: Settings) -> OpenAIChat:
+    """The OpenAI-compatible server of the settings (OpenAI itself without VOICEPIPE_OPENAI_BASE_URL)."""
+    return OpenAIChat(settings.openai_api_key, settings.openai_model, settings.openai_base_url,
+                      context=settings.openai_context, max_tokens=settings.llm_max_tokens,
+                      temperature=settings.llm_temperature)
+
+
 def load_chat(settings: Settings, device: str = "cpu") -> ChatBackend:
     """The chat backend VOICEPIPE_LLM_BACKEND asks for."""
-    if settings.llm_backend == "local":
+    if not settings.uses_llm_server:
         return load_local_chat(settings, device)
-    remote = OpenAIChat(settings.openai_api_key, settings.openai_model, settings.openai_base_url,
-                        context=settings.openai_context, max_tokens=settings.llm_max_tokens,
-                        temperature=settings.llm_temperature)
+    remote = server_chat(settings)
     log.warning("LLM backend %s: conversations are sent to %s", settings.llm_backend, remote.report()["server"])
-    if settings.llm_backend == "openai":
+    if not settings.uses_local_llm:
         return remote
     local: LlamaChat | None = None
     try:
@@ -157,7 +162,7 @@ def load_models(settings: Settings) -> Models:
     except Exception as exc:  # onnxruntime raises its own exception types for a corrupt file
         raise ModelFileError(f"cannot load Piper voice {settings.tts_voice_path}: {exc}. "
                              f"Re-fetch: {fetch_command(settings)}") from exc
-    synthesizer.synthesize("Hello.")
+    synthesize(synthesizer, "Hello.")
     seconds["tts"] = time.perf_counter() - started
 
     silero = load_silero() if settings.turn.silero_threshold > 0 else None

@@ -14,11 +14,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 
-from voicepipe.protocol import clear_message, mark_message, media_message
+from voicepipe.telephony.protocol import clear_message, mark_message, media_message
 
 log = logging.getLogger(__name__)
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
+ULAW_SILENCE = b"\xff"
 CHUNK_FRAMES = 10  # 200 ms per message
 # If Twilio stops echoing marks, do not stall the call forever: past this, assume the chunk played.
 MARK_TIMEOUT_SECONDS = 2.0

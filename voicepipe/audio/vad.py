@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from voicepipe.codec import pcm16_to_float
-from voicepipe.resample import StreamResampler
+from voicepipe.audio.codec import pcm16_to_float
+from voicepipe.audio.resample import StreamResampler
 
 WINDOW = 512  # samples at 16 kHz: 32 ms
 CONTEXT = 64

@@ -1,0 +1,1 @@
+"""Caller audio: mu-law codec, resampling, voice activity and turn detection (all in audio time)."""

@@ -1,0 +1,126 @@
+"""The turn-taking policy: from the caller's audio, when to start a reply early, when the caller's turn is over,
+and when the caller is talking over the agent; and, on the wall clock, what to do about a silent caller.
+
+Turn decisions count audio time (20 ms frames), not the wall clock: fed faster than real time, the same audio
+gives the same decisions."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from voicepipe.audio.turn import Paused, SpeechResumed, SpeechStarted, TurnDetector, TurnEnded, TurnSettings
+
+
+@dataclass(frozen=True)
+class CallerStarted:
+    onset_ms: int
+
+
+@dataclass(frozen=True)
+class Speculate:
+    """A short pause: start a reply on what was said so far (it plays only if the turn ends here)."""
+
+    audio: np.ndarray
+    speech_end_ms: int
+
+
+@dataclass(frozen=True)
+class DropSpeculation:
+    """The caller went on speaking: the speculative reply is void."""
+
+
+@dataclass(frozen=True)
+class CommitTurn:
+    audio: np.ndarray
+    speech_end_ms: int
+
+
+Decision = CallerStarted | Speculate | DropSpeculation | CommitTurn
+
+
+class TurnTaking:
+    def __init__(self, turn: TurnSettings, speculative: bool, barge_in_ms: int,
+                 speech_probability: Callable[[np.ndarray], float] | None = None) -> None:
+        self.detector = TurnDetector(turn, speech_probability)
+        self.speculative = speculative
+        self.barge_in_ms = barge_in_ms
+        self.onset_ms = 0  # audio time the caller's current utterance began
+        self._yielded = False  # the agent already stopped for the current utterance
+        self._arrivals: deque[tuple[int, float]] = deque(maxlen=250)  # (audio ms, wall time): 5 s at 20 ms
+
+    @property
+    def clock_ms(self) -> int:
+        return self.detector.clock_ms
+
+    @property
+    def caller_speaking(self) -> bool:
+        return self.detector.in_speech
+
+    def wall_time_of(self, audio_ms: int) -> float:
+        """When the audio of that moment arrived (latency counts from there)."""
+        for clock_ms, wall in self._arrivals:
+            if clock_ms >= audio_ms:
+                return wall
+        return time.perf_counter()
+
+    def hear(self, samples: np.ndarray) -> list[Decision]:
+        decisions: list[Decision] = []
+        events = self.detector.feed(samples)
+        self._arrivals.append((self.detector.clock_ms, time.perf_counter()))
+        for event in events:
+            if isinstance(event, SpeechStarted):
+                self.onset_ms = event.at_ms
+                self._yielded = False
+                decisions.append(CallerStarted(event.at_ms))
+            elif isinstance(event, Paused):
+                if self.speculative:
+                    decisions += [DropSpeculation(), Speculate(event.audio, event.speech_end_ms)]
+            elif isinstance(event, SpeechResumed):
+                decisions.append(DropSpeculation())
+            elif isinstance(event, TurnEnded):
+                decisions.append(CommitTurn(event.audio, event.speech_end_ms))
+        return decisions
+
+    def interrupts(self, agent_speaking: bool) -> bool:
+        """The caller talks over the agent: enough voiced speech (a short "mm-hm" is less), once per utterance."""
+        return (agent_speaking and not self._yielded and self.detector.in_speech
+                and self.detector.voiced_ms >= self.barge_in_ms)
+
+    def agent_yielded(self) -> None:
+        self._yielded = True
+
+
+class SilenceWatch:
+    """Ask a caller who has gone quiet whether they are still there; if they stay quiet, say goodbye; and
+    bound the call's length. Returns the phrase to act on: reprompt, goodbye or max_duration."""
+
+    def __init__(self, reprompt_s: float, hangup_s: float, max_call_s: float, now: float) -> None:
+        self.reprompt_s, self.hangup_s, self.max_call_s = reprompt_s, hangup_s, max_call_s
+        self._started = self._last_activity = now
+        self._reprompted = False
+
+    def activity(self, now: float) -> None:
+        """The caller did something (spoke, pressed a key)."""
+        self._last_activity = now
+        self._reprompted = False
+
+    def check(self, now: float, busy: bool) -> str | None:
+        """`busy`: someone is talking or a reply is on its way, so the line is not silent."""
+        if now - self._started >= self.max_call_s:
+            return "max_duration"
+        if busy:
+            self._last_activity = now
+            return None
+        idle = now - self._last_activity
+        if not self._reprompted and idle >= self.reprompt_s:
+            self._reprompted = True
+            self._last_activity = now
+            return "reprompt"
+        if self._reprompted and idle >= self.hangup_s:
+            return "goodbye"
+        return None

@@ -1,0 +1,157 @@
+"""One reply: the caller's audio to text, the text to the chat backend, its sentences to the speaker.
+
+A reply may start before the caller's turn is over (a speculative reply, begun at a short pause); it produces
+text and audio early but plays nothing until it is committed, and it is dropped if the caller goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voicepipe.conversation.chunker import SentenceChunker
+from voicepipe.conversation.context import ConversationContext
+from voicepipe.conversation.events import Observers, TurnTimings
+from voicepipe.conversation.phrases import Phrases
+from voicepipe.conversation.speaker import Speaker, SpokenSentence
+from voicepipe.engines.llm import ChatBackend, Message, TextDelta
+from voicepipe.engines.stt import Transcriber
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Reply:
+    audio: np.ndarray | None  # the caller's utterance (8 kHz); None for a typed turn (DTMF)
+    speech_end_wall: float  # wall time of the caller's last voiced frame: voice-to-voice counts from here
+    timings: TurnTimings
+    user_text: str = ""
+    committed: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    sentences: list[SpokenSentence] = field(default_factory=list)  # sent to Twilio, in order
+    assistant_entry: Message | None = None  # its entry in the history, revised to what was heard
+    remembered: bool = False
+    # Set the moment the reply is cut off. Cancelling its tasks takes effect only at their next await, and
+    # meanwhile its player must not start another sentence.
+    stopped: bool = False
+    failed: bool = False
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+
+
+class Responder:
+    """Runs replies for one call and keeps each finished turn in the conversation, as the caller heard it."""
+
+    def __init__(self, transcriber: Transcriber, chat: ChatBackend, speaker: Speaker, context: ConversationContext,
+                 phrases: Phrases, observers: Observers, call_sid: str, streaming: bool = True,
+                 on_goodbye: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.transcriber = transcriber
+        self.chat = chat
+        self.speaker = speaker
+        self.context = context
+        self.phrases = phrases
+        self.observers = observers
+        self.call_sid = call_sid
+        self.streaming = streaming  # False: the whole reply is spoken in one piece at the end (for comparison)
+        self.on_goodbye = on_goodbye
+
+    async def run(self, reply: Reply) -> None:
+        try:
+            if reply.audio is not None:
+                if not await self.transcribe(reply):
+                    return
+                if self.phrases.is_goodbye(reply.user_text) and self.on_goodbye is not None:
+                    await reply.committed.wait()
+                    self.remember(reply)
+                    await self.on_goodbye()
+                    return
+            await self.answer(reply, self.context.prompt(reply.user_text))
+        except Exception:
+            reply.failed = True
+            log.exception("%s failed", f"turn {reply.timings.turn}" if reply.timings.turn else "a speculative reply")
+            if reply.committed.is_set() and not reply.stopped and "apology" in self.phrases.audio:
+                await self.speaker.say(self.phrases.audio["apology"], f"t{reply.timings.turn}apology")
+        finally:
+            # Interrupted turns are reported too: their timings (barge-in included, set a moment later on
+            # the same object) are what /stats and the bench read.
+            if reply.committed.is_set():
+                self.remember(reply)
+                if reply.user_text:
+                    log.info("turn timings %s", {k: v for k, v in reply.timings.as_dict().items() if v is not None})
+                    self.observers.turn_finished(reply.timings)
+
+    def remember(self, reply: Reply) -> None:
+        """Keep the turn in the history: what the caller said and what of the answer was sent (revised to
+        what was heard if the caller cut in)."""
+        if not reply.user_text or reply.remembered:
+            return
+        reply.remembered = True
+        self.context.add_user(reply.user_text)
+        if reply.sentences:
+            reply.assistant_entry = self.context.add_assistant(" ".join(s.text for s in reply.sentences))
+            if reply.timings.interrupted:
+                self.revise_to_heard(reply)
+
+    def revise_to_heard(self, reply: Reply) -> None:
+        entry = reply.assistant_entry
+        if entry is not None and not self.context.revise(entry, self.speaker.heard(reply.sentences)):
+            reply.assistant_entry = None
+
+    async def transcribe(self, reply: Reply) -> bool:
+        """Fill in what the caller said; False when the utterance held no speech."""
+        assert reply.audio is not None
+        with self.observers.watch("stt"):
+            transcript = await asyncio.to_thread(self.transcriber.transcribe, reply.audio)
+        reply.timings.stt = transcript.seconds
+        if not transcript.is_speech:
+            log.debug("utterance had no speech (no_speech_prob %.2f)", transcript.no_speech_prob)
+            return False
+        reply.user_text = transcript.text
+        log.debug("caller said: %s", transcript.text)
+        return True
+
+    async def answer(self, reply: Reply, prompt: list[Message]) -> None:
+        """Generate and speak the answer to `prompt`; sentences play once the reply is committed."""
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._think(prompt, sentences, reply.timings), name=f"call:{self.call_sid}:llm")
+            group.create_task(self.speaker.speak(reply, sentences), name=f"call:{self.call_sid}:tts")
+
+    async def _think(self, prompt: list[Message], sentences: asyncio.Queue[str | None], timings: TurnTimings) -> None:
+        started = time.perf_counter()
+        chunker = SentenceChunker()
+        whole_reply: list[str] = []
+
+        def emit(sentence: str) -> None:
+            if timings.llm_first_sentence is None:
+                timings.llm_first_sentence = time.perf_counter() - started
+            if self.streaming:
+                sentences.put_nowait(sentence)
+            else:
+                whole_reply.append(sentence)
+
+        try:
+            with self.observers.watch("llm"):
+                async for event in self.chat.stream(prompt, key=self.call_sid):
+                    if timings.llm_first_token is None:
+                        timings.llm_first_token = time.perf_counter() - started
+                    if not isinstance(event, TextDelta):
+                        # No tools are offered to the model yet, so a call to one cannot be honoured.
+                        log.warning("the model asked for tool %r, but no tools are configured; ignored", event.name)
+                        continue
+                    for sentence in chunker.push(event.text):
+                        emit(sentence)
+            for sentence in chunker.flush():
+                emit(sentence)
+            if whole_reply:
+                sentences.put_nowait(" ".join(whole_reply))
+        finally:
+            sentences.put_nowait(None)

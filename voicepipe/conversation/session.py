@@ -1,0 +1,232 @@
+"""One phone call: caller turns in, spoken replies out, with the call's whole conversation kept in context.
+
+The session orchestrates; the parts decide. The turn-taking policy says when the caller paused, finished or
+talks over the agent; a Responder turns an utterance into a reply; the Speaker plays it and knows what was
+heard; the ConversationContext keeps the history as the caller heard it; Phrases hold the fixed lines.
+
+Replies start speculatively at a short pause and play only once the turn ends. When the caller talks over
+the agent (barge-in), Twilio's buffer is cleared, the reply cancelled, and the history keeps what was heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import numpy as np
+
+from voicepipe.audio.codec import ulaw_to_pcm16
+from voicepipe.audio.vad import SileroStream
+from voicepipe.config import Settings
+from voicepipe.conversation.context import ConversationContext
+from voicepipe.conversation.events import Observers, TurnTimings
+from voicepipe.conversation.phrases import Phrases
+from voicepipe.conversation.policy import (
+    CallerStarted,
+    CommitTurn,
+    DropSpeculation,
+    SilenceWatch,
+    Speculate,
+    TurnTaking,
+)
+from voicepipe.conversation.reply import Reply, Responder
+from voicepipe.conversation.speaker import Speaker
+from voicepipe.engines.llm import Message
+from voicepipe.engines.models import Models
+from voicepipe.telephony.playback import PacedSender, Send
+
+log = logging.getLogger(__name__)
+
+DTMF_GAP_SECONDS = 1.0  # keys pressed closer together than this are one entry ("1", "2", "3" -> "1 2 3")
+WATCHDOG_SECONDS = 0.25
+
+HangUp = Callable[[], Awaitable[None]]
+
+
+class CallSession:
+    def __init__(self, settings: Settings, models: Models, phrases: Phrases, call_sid: str, stream_sid: str,
+                 send: Send, observers: Observers | None = None, hang_up: HangUp | None = None) -> None:
+        self.settings = settings
+        self.call_sid = call_sid
+        self.stream_sid = stream_sid
+        self.phrases = phrases
+        self.observers = observers or Observers()
+        self._hang_up = hang_up
+        self.context = ConversationContext(settings.system_prompt)
+        silero = SileroStream(models.silero).feed if models.silero is not None else None
+        self.turn_taking = TurnTaking(settings.turn, settings.speculative, settings.barge_in_ms, silero)
+        self.silence = SilenceWatch(settings.silence_reprompt_s, settings.silence_hangup_s, settings.max_call_s,
+                                    time.monotonic())
+        self.speaker = Speaker(PacedSender(stream_sid, send, settings.playback_lead_ms), models.synthesizer,
+                               self.observers)
+        self.responder = Responder(models.transcriber, models.chat, self.speaker, self.context, phrases,
+                                   self.observers, call_sid, settings.streaming,
+                                   on_goodbye=lambda: self.end_call("closing"))
+        self._speculative: Reply | None = None
+        self._speaking: Reply | None = None  # the committed reply, while it is produced or played
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._turns = 0  # committed turns; a turn's number (and its audio tags) is given at commit
+        self._replies = 0  # replies started, speculative ones included (names their tasks)
+        self._dtmf_digits = ""
+        self._dtmf_task: asyncio.Task[None] | None = None
+        self.ending = False
+        self.end_reason = ""  # why the agent ended the call: closing, goodbye (silence), max_duration, shutdown
+        self.closed = False
+
+    @property
+    def history(self) -> list[Message]:
+        return self.context.messages
+
+    @property
+    def agent_speaking(self) -> bool:
+        """Audio is playing (or about to) on the caller's side."""
+        reply = self._speaking
+        producing = reply is not None and reply.task is not None and not reply.task.done()
+        return producing or self.speaker.outstanding_ms > 0
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
+        """Every task of the call is named after it and tracked, so ending the call can end them all."""
+        task = asyncio.create_task(coroutine, name=f"call:{self.call_sid}:{what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def begin(self) -> None:
+        self._spawn(self._watchdog(), "watchdog")
+        if audio := self.phrases.audio.get("greeting"):
+            self.context.add_assistant(self.phrases.text["greeting"])
+            self._spawn(self.speaker.say(audio, "greeting"), "greeting")
+
+    async def close(self) -> None:
+        """End all of the call's work at once: nothing keeps running for a finished call."""
+        self.closed = True
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- what Twilio sends ---------------------------------------------------------------------------------
+
+    async def handle_media(self, payload: bytes) -> None:
+        decisions = self.turn_taking.hear(ulaw_to_pcm16(payload))
+        if self.ending:
+            return
+        for decision in decisions:
+            if isinstance(decision, CallerStarted):
+                self.silence.activity(time.monotonic())
+            elif isinstance(decision, DropSpeculation):
+                if self._speculative is not None:
+                    self._speculative.stop()
+                self._speculative = None
+            elif isinstance(decision, Speculate):
+                self._speculative = self._start_reply(decision.audio, decision.speech_end_ms, speculative=True)
+            elif isinstance(decision, CommitTurn):
+                self.silence.activity(time.monotonic())
+                await self._end_turn(decision)
+        if self.turn_taking.interrupts(self.agent_speaking):
+            await self._barge_in()
+
+    def handle_mark(self, name: str) -> None:
+        self.speaker.player.on_mark(name)
+
+    async def handle_dtmf(self, digit: str) -> None:
+        """Keys reach the model as text once the caller stops pressing; a key also stops the agent."""
+        self.silence.activity(time.monotonic())
+        if self.ending:
+            return
+        if self.agent_speaking:
+            await self._barge_in()
+        self._dtmf_digits += digit
+        if self._dtmf_task is not None:
+            self._dtmf_task.cancel()
+        self._dtmf_task = self._spawn(self._dtmf_turn(), "dtmf")
+
+    async def _dtmf_turn(self) -> None:
+        await asyncio.sleep(DTMF_GAP_SECONDS)
+        digits, self._dtmf_digits = " ".join(self._dtmf_digits), ""
+        await self._commit(self._start_reply(None, None, speculative=False, typed=self.phrases.dtmf(digits)))
+
+    # -- turns ---------------------------------------------------------------------------------------------
+
+    def _start_reply(self, audio: np.ndarray | None, speech_end_ms: int | None, speculative: bool,
+                     typed: str = "") -> Reply:
+        self._replies += 1
+        wall = self.turn_taking.wall_time_of(speech_end_ms) if speech_end_ms is not None else time.perf_counter()
+        reply = Reply(audio, wall, TurnTimings(self.call_sid, 0, speculative), user_text=typed)
+        reply.task = self._spawn(self.responder.run(reply), f"reply{self._replies}")
+        return reply
+
+    async def _end_turn(self, turn: CommitTurn) -> None:
+        reply, self._speculative = self._speculative, None
+        if reply is None or reply.failed:  # a speculation that failed (a model fault) gets one fresh try
+            reply = self._start_reply(turn.audio, turn.speech_end_ms, speculative=False)
+        reply.timings.vad_wait = time.perf_counter() - reply.speech_end_wall
+        await self._commit(reply)
+
+    async def _commit(self, reply: Reply) -> None:
+        if self.agent_speaking:
+            # A whole new turn while the agent talks (it was not cut off yet, e.g. a short turn): stop it.
+            await self._barge_in(count=False)
+        self._turns += 1
+        reply.timings.turn = self._turns
+        self._speaking = reply
+        reply.committed.set()
+
+    async def _barge_in(self, count: bool = True) -> None:
+        """The caller talks over the agent: drop Twilio's queue, stop the reply, keep what was heard."""
+        self.turn_taking.agent_yielded()
+        cleared_at = time.perf_counter()
+        reply = self._speaking
+        if reply is not None:
+            reply.stop()
+        await self.speaker.clear()
+        if reply is not None:
+            reply.timings.interrupted = True
+            self.responder.revise_to_heard(reply)
+            if count:
+                reply.timings.barge_in = cleared_at - self.turn_taking.wall_time_of(self.turn_taking.onset_ms)
+        log.info("caller interrupted the agent; cleared")
+
+    # -- silences and the end of the call -----------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        """Wall-clock duties: reprompt a silent caller, then hang up; end calls that run too long."""
+        while not self.closed and not self.ending:
+            await asyncio.sleep(WATCHDOG_SECONDS)
+            busy = self.agent_speaking or self.turn_taking.caller_speaking or self._speculative is not None
+            action = self.silence.check(time.monotonic(), busy)
+            if action == "reprompt":
+                await self._say("reprompt")
+            elif action is not None:
+                self._spawn(self.end_call(action), "end")
+                return
+
+    async def _say(self, phrase: str) -> None:
+        """Speak one of the call's fixed lines and keep it in the history."""
+        if audio := self.phrases.audio.get(phrase):
+            self.context.add_assistant(self.phrases.text[phrase])
+            await self.speaker.say(audio, phrase)
+
+    async def end_call(self, phrase: str) -> None:
+        """Say the closing line, wait until Twilio reports it played, then hang up."""
+        if self.ending:
+            return
+        self.ending = True
+        self.end_reason = phrase
+        for reply in (self._speculative, self._speaking):
+            if reply is not None:
+                reply.stop()
+        if self.speaker.outstanding_ms:
+            await self.speaker.clear()
+        await self._say(phrase)
+        await self.speaker.drain(timeout=len(self.phrases.audio.get(phrase, b"")) / 8000 + 3.0)
+        log.info("call ended by the agent (%s)", phrase)
+        if self._hang_up is not None:
+            # Shielded: hanging up closes the socket, which ends the call and cancels its tasks, this one too.
+            await asyncio.shield(self._hang_up())

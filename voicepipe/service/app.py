@@ -1,0 +1,158 @@
+"""The aiohttp app: Twilio's webhooks (/voice, /status), the media stream (/media), and /healthz, /stats,
+/metrics; serving it, and draining calls on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from aiohttp import WSCloseCode, web
+
+from voicepipe.config import ConfigError, Settings
+from voicepipe.conversation.phrases import prepare_phrases
+from voicepipe.engines.models import Models, load_models
+from voicepipe.service.media import media
+from voicepipe.service.records import SqliteCallRecords
+from voicepipe.service.state import SERVICE, Service
+from voicepipe.service.webhooks import require_twilio_signature, status, voice
+
+log = logging.getLogger(__name__)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 while every model stage works; 503 once one has failed several turns in a row."""
+    service = request.app[SERVICE]
+    models = service.models
+    failing = service.health.failing
+    return web.json_response(
+        {
+            "status": "degraded" if failing else "ok",
+            "instance": service.instance_id,
+            "device": models.device,
+            "failing": failing,
+            "stages": service.health.report(),
+            "llm": models.chat.report(),
+            "active_calls": len(service.sessions),
+            "draining": service.draining,
+            "model_load_seconds": {k: round(v, 3) for k, v in models.load_seconds.items()},
+        },
+        status=503 if failing else 200,
+    )
+
+
+def require_metrics_token(request: web.Request) -> None:
+    """With VOICEPIPE_METRICS_TOKEN set, the numbers are for those who hold it (the tunnel makes them public)."""
+    token = request.app[SERVICE].settings.metrics_token
+    given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+    if token and not secrets.compare_digest(given, f"Bearer {token}".encode()):
+        raise web.HTTPUnauthorized(text="Authorization: Bearer <VOICEPIPE_METRICS_TOKEN> required\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition: active calls, calls by outcome, stage latency histograms, fallbacks, errors."""
+    require_metrics_token(request)
+    return web.Response(body=request.app[SERVICE].metrics.exposition(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def stats(request: web.Request) -> web.Response:
+    """Recent per-turn timings (numbers only, no content), newest last; ?call_sid= filters."""
+    require_metrics_token(request)
+    call_sid = request.query.get("call_sid")
+    turns = [t.as_dict() for t in request.app[SERVICE].recent_turns if call_sid is None or t.call_sid == call_sid]
+    return web.json_response({"turns": turns})
+
+
+async def _close_sockets(app: web.Application) -> None:
+    for ws in app[SERVICE].sockets.copy():
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+
+
+def create_app(settings: Settings, models: Models | None = None) -> web.Application:
+    """Build the app; without `models`, they are loaded (and warmed) before the server accepts calls."""
+    app = web.Application(client_max_size=64 * 1024, middlewares=[require_twilio_signature])
+    service = app[SERVICE] = Service(settings)
+
+    async def records_ctx(app: web.Application) -> AsyncIterator[None]:
+        service.records = SqliteCallRecords(settings.data_dir)
+        yield
+        service.records.close()
+
+    async def models_ctx(app: web.Application) -> AsyncIterator[None]:
+        service.models = models if models is not None else await asyncio.to_thread(load_models, settings)
+        service.phrases = await asyncio.to_thread(prepare_phrases, settings, service.models.synthesizer)
+        yield
+
+    app.cleanup_ctx.append(records_ctx)
+    app.cleanup_ctx.append(models_ctx)
+    app.on_shutdown.append(_close_sockets)
+    app.router.add_post("/voice", voice)
+    app.router.add_post("/status", status)
+    app.router.add_get("/media", media)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/stats", stats)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def check_exposure(settings: Settings, host: str) -> None:
+    """Without TWILIO_AUTH_TOKEN anyone could place "calls" into the models: say so, and stay on loopback
+    (where a tunnel still reaches us) unless the operator says otherwise."""
+    if settings.twilio_auth_token:
+        return
+    log.warning("TWILIO_AUTH_TOKEN is not set: requests are NOT checked for Twilio's signature; "
+                "anyone who can reach this server can open calls. Set TWILIO_AUTH_TOKEN in production.")
+    if host not in LOOPBACK_HOSTS and not settings.allow_unsigned:
+        raise ConfigError(
+            f"refusing to listen on {host} without TWILIO_AUTH_TOKEN; set it, or set "
+            "VOICEPIPE_ALLOW_UNSIGNED=1 to accept unsigned requests from the network anyway"
+        )
+
+
+async def drain(app: web.Application) -> None:
+    """Stop taking calls (/voice answers "busy"), give active calls the grace period to finish, then say
+    goodbye on the ones left and hang up."""
+    service = app[SERVICE]
+    service.draining = True
+    grace = service.settings.shutdown_grace_s
+    log.info("shutting down: no new calls; %d active, %.0f s grace", len(service.sessions), grace)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while service.sessions and loop.time() < deadline:
+        await asyncio.sleep(0.2)
+    await asyncio.gather(*(session.end_call("shutdown") for session in service.sessions.copy()),
+                         return_exceptions=True)
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    """Run until SIGTERM/SIGINT, then drain calls and exit normally."""
+    import signal
+
+    from aiohttp.web_runner import GracefulExit
+
+    check_exposure(settings, host)
+    app = create_app(settings)
+
+    async def handle_signals(app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+
+        def on_signal() -> None:
+            if stopping:
+                return
+            stopping.append(loop.create_task(drain(app)))
+            stopping[0].add_done_callback(lambda _: loop.call_soon(_exit))
+
+        def _exit() -> None:
+            raise GracefulExit()
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, on_signal)
+
+    app.on_startup.append(handle_signals)
+    web.run_app(app, host=host, port=port, access_log=None, print=None, handle_signals=False)
