@@ -8,6 +8,8 @@ Prints p50/p95 per mode and number of simultaneous calls; asserts nothing.
   python scripts/bench.py                                  # 1 call, streaming+speculative vs naive
   python scripts/bench.py --calls 1,2,4,8 --turns 3        # simultaneous calls
   python scripts/bench.py --url http://127.0.0.1:5000      # a running server (its own mode only)
+  python scripts/bench.py --turn-taking --no-naive         # + multi-clause utterances: cut-ins, turn decisions
+  VOICEPIPE_TURN_MODEL=off VOICEPIPE_END_OF_TURN_MS=550 python scripts/bench.py ...   # the fixed-silence rule
 """
 
 from __future__ import annotations
@@ -24,16 +26,16 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from voicepipe.callers import espeak_speech, piper_speech, with_pauses, write_clip  # noqa: E402
 from voicepipe.cli import running_server  # noqa: E402
-from voicepipe.config import Settings, load_settings  # noqa: E402
+from voicepipe.config import DEFAULT_GREETINGS, DEFAULT_SYSTEM_PROMPTS, Settings, load_settings  # noqa: E402  # noqa: E402
 from voicepipe.engines.models import Models, load_models  # noqa: E402
-from voicepipe.engines.tts import synthesize  # noqa: E402
+from voicepipe.engines.stt import WhisperTranscriber  # noqa: E402
 from voicepipe.service.logs import setup_logging  # noqa: E402
-from voicepipe.simulate import CallerTurn, CallResult, simulate_call  # noqa: E402
+from voicepipe.simulate import CallerTurn, CallResult, load_audio_8k, simulate_call  # noqa: E402
 
 QUESTIONS = [
     "What is the capital of France?", "What time do you open tomorrow?", "Can you book a table for two?",
@@ -41,7 +43,8 @@ QUESTIONS = [
     "Please call me back later.", "Do you deliver on Sundays?", "Can I change my reservation?",
     "Where is your nearest shop?",
 ]
-STAGES = ["vad_wait", "stt", "llm_first_token", "llm_first_sentence", "tts_first_audio", "voice_to_voice"]
+STAGES = ["vad_wait", "turn_decision", "stt", "llm_first_token", "llm_first_sentence", "tts_first_audio",
+          "voice_to_voice"]
 
 
 def ms(values: list[float], q: float) -> str:
@@ -49,14 +52,109 @@ def ms(values: list[float], q: float) -> str:
 
 
 def speak_questions(models: Models, directory: Path) -> list[Path]:
-    rate = models.synthesizer.sample_rate
-    paths = []
-    for index, question in enumerate(QUESTIONS):
-        path = directory / f"q{index}.wav"
-        audio = synthesize(models.synthesizer, question)
-        soundfile.write(path, np.concatenate([np.zeros(rate // 3, np.int16), audio]), rate)
-        paths.append(path)
-    return paths
+    voice = models.synthesizer.voice  # type: ignore[attr-defined]
+    return [write_clip(directory / f"q{index}.wav", with_pauses([piper_speech(voice, question)], []))
+            for index, question in enumerate(QUESTIONS)]
+
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+# Utterances with pauses: (parts, gaps in seconds, the words before each pause finish a thought?). Spoken at
+# several rates; Spanish by espeak-ng. A cut-in at an unfinished thought is rude; after a finished sentence
+# it is forgivable, if the agent yields at once.
+MULTI_CLAUSE = {
+    "en": [
+        (["I would like to book a table for", "four people tomorrow night."], [0.6], False),
+        (["My phone number is five five five", "one two three four."], [0.8], False),
+        (["Can you tell me the opening hours and", "whether you deliver on Sundays?"], [0.5], False),
+        (["I need to change my appointment because", "I have to work that day."], [0.9], False),
+        (["Um", "I was wondering if you have any rooms free this weekend."], [0.7], False),
+        (["The order number is seven eight", "nine two", "four four."], [1.0, 0.6], False),
+        (["I'm calling about the invoice from", "last month."], [0.6], False),
+        (["Could I speak to the manager or", "someone from the billing team?"], [0.7], False),
+        (["I want to cancel my subscription, but", "only after this month."], [0.8], False),
+        (["We are looking for a flat with", "two bedrooms near the centre."], [0.4], False),
+        (["I have a question about my bill.", "It seems too high this month."], [0.8], True),
+        (["Hello, I'm calling from the clinic.", "Is this a good time to talk?"], [0.7], True),
+    ],
+    "es": [
+        (["Quiero reservar una mesa para", "cuatro personas mañana."], [0.6], False),
+        (["Mi número de teléfono es cinco cinco cinco", "uno dos tres."], [0.9], False),
+        (["Necesito cambiar la cita porque", "tengo que trabajar ese día."], [0.7], False),
+        (["Eh", "quería saber si tienen habitaciones libres."], [0.6], False),
+        (["Llamo por la factura del", "mes pasado."], [0.8], False),
+        (["Quiero cancelar mi suscripción, pero", "solo después de este mes."], [0.5], False),
+        (["¿Podría hablar con el encargado o", "con alguien de facturación?"], [1.0], False),
+        (["Tengo una pregunta sobre mi factura.", "Creo que es demasiado alta."], [0.8], True),
+    ],
+}
+# Real recordings with pauses inside (tests/fixtures/README.md): (file, the words before the pause finish it?)
+RECORDED = {
+    "en": [("en_vosk_digits.wav", False), ("en_ljspeech_two_clauses.wav", True),
+           ("en_picovoice_wakeword_pause_command.wav", False)],
+    "es": [("es_fleurs_es_decir_pause.ogg", False), ("es_fleurs_blogs_long_pauses.ogg", False),
+           ("es_fleurs_cierto_question.ogg", True)],
+}
+CUT_IN = 0.1  # seconds of agent audio over the caller's speech
+RATES = (1.0, 0.85, 1.2)  # Piper length_scale: normal, faster, slower
+SPANISH_WPM = (150, 175, 130)
+
+
+def multi_clause_clips(models: Models, directory: Path) -> list[tuple[str, Path, bool, float]]:
+    """(language, clip, the thought was complete at the pauses, the longest pause) for every utterance."""
+    voice = models.synthesizer.voice  # type: ignore[attr-defined]
+    clips = []
+    for language, utterances in MULTI_CLAUSE.items():
+        for index, (parts, gaps, complete) in enumerate(utterances):
+            if language == "en":
+                audio = [piper_speech(voice, part, RATES[index % 3]) for part in parts]
+            else:
+                audio = [espeak_speech(part, "es", SPANISH_WPM[index % 3]) for part in parts]
+            path = write_clip(directory / f"{language}{index}.wav", with_pauses(audio, gaps))
+            clips.append((language, path, complete, max(gaps)))
+    for language, recorded in RECORDED.items():
+        clips += [(language, FIXTURES / name, complete, 0.0) for name, complete in recorded]
+    return clips
+
+
+def spanish(settings: Settings, models: Models) -> tuple[Settings, Models]:
+    """Spanish on the offline models: the multilingual whisper; the English LLM and voice answer (no matter)."""
+    es = dataclasses.replace(settings, language="es", stt_model="whisper-base",
+                             system_prompt=DEFAULT_SYSTEM_PROMPTS["es"], greeting=DEFAULT_GREETINGS["es"])
+    transcriber = WhisperTranscriber(es.stt_model_path, "es", compute_type="int8")
+    return es, dataclasses.replace(models, transcriber=transcriber)
+
+
+async def bench_turn_taking(settings: Settings, models: Models, directory: Path) -> None:
+    """Each multi-clause utterance as one call: did the agent talk before the caller finished, and for how long."""
+    clips = multi_clause_clips(models, directory)
+    rows = []
+    for language in ("en", "es"):
+        lang_settings, lang_models = (settings, models) if language == "en" else spanish(settings, models)
+        async with running_server(lang_settings, models=lang_models) as base:
+            for clip_language, path, complete, gap in clips + [("en", FIXTURES / "jfk.flac", False, 1.26)]:
+                if clip_language != language:
+                    continue
+                result = await signed_call(base, [path], lang_settings)
+                async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:
+                    turns = (await r.json())["turns"]
+                rows.append((path.name, complete, gap, result.turns[0].talked_over, turns))
+    print(f"\nmulti-clause utterances (turn model: {settings.turn_model or 'off'}, "
+          f"max silence {settings.max_silence_ms} ms, fixed end of turn {settings.turn.end_of_turn_ms} ms)")
+    print(f"{'clip':42s} {'done@pause':>10s} {'gap':>5s} {'talked over':>11s} {'turns':>5s}  ends, P(done), cue")
+    for name, complete, gap, talked, turns in rows:
+        ends = ", ".join(f"{t['end_of_turn'] or '?'} {t['turn_probability'] or 0:.2f} {t['turn_cue'] or '-'}"
+                         for t in turns)
+        print(f"{name:42s} {str(complete):>10s} {gap:5.1f} {talked:10.2f}s {len(turns):5d}  {ends}")
+    # Over 0.1 s of agent audio on the caller's speech is a cut-in; less is the agent starting inside the fade of
+    # the caller's last word (where the caller's 35 dB view of "speech" ends after the server's VAD).
+    rude = [r for r in rows if not r[1] and r[0] != "jfk.flac"]
+    forgivable = [r for r in rows if r[1]]
+    worst = max((r[3] for r in forgivable), default=0.0)
+    print(f"cut-ins at an unfinished thought: {sum(r[3] > CUT_IN for r in rude)} of {len(rude)} "
+          f"(talked over {sum(r[3] for r in rude):.2f} s); after a finished sentence: "
+          f"{sum(r[3] > CUT_IN for r in forgivable)} of {len(forgivable)}, at most {worst:.2f} s; "
+          f"pauses longer than 550 ms: {sum(r[2] > 0.55 for r in rows)}; JFK talked over "
+          f"{sum(r[3] for r in rows if r[0] == 'jfk.flac'):.2f} s")
 
 
 async def signed_call(base: str, script: Sequence[Path | CallerTurn], settings: Settings) -> CallResult:
@@ -109,6 +207,8 @@ async def bench(args: argparse.Namespace) -> None:
                     rows.append((mode, calls, await run_calls(base, calls, args.turns, audio, settings)))
         if args.barge_in and models is not None:
             await bench_barge_in(settings, models, args.barge_in, Path(tmp))
+        if args.turn_taking and models is not None:
+            await bench_turn_taking(settings, models, Path(tmp))
     device = models.device if models is not None else "server's"
     print(f"\nvoice-to-voice (caller's view, ms) and per-stage p50 (server's view, ms); models on {device}")
     header = f"{'mode':22s} {'calls':>5s} {'p50':>6s} {'p95':>6s} {'n':>4s} {'miss':>4s} {'underruns':>9s}"
@@ -120,14 +220,17 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 async def bench_barge_in(settings: Settings, models: Models, trials: int, directory: Path) -> None:
-    """Talk over a long reply `trials` times; print speech onset -> `clear` as the caller and server saw it."""
-    rate = models.synthesizer.sample_rate
+    """Talk over a long reply `trials` times; print speech onset -> `clear` as the caller and server saw it.
+    Then as many false alarms (a short burst of speech sound, "Yeah.", "Mm-hmm.", "Okay." over the reply):
+    how often the reply went on with nothing lost."""
+    voice = models.synthesizer.voice  # type: ignore[attr-defined]
     clips = {}
     for name, text in {"story": "Please tell me a long story about a brave little dragon.",
-                       "cut": "I have another question about my account instead."}.items():
-        clips[name] = directory / f"{name}.wav"
-        audio = np.concatenate([np.zeros(rate // 3, np.int16), synthesize(models.synthesizer, text)])
-        soundfile.write(clips[name], audio, rate)
+                       "cut": "I have another question about my account instead.", "yeah": "Yeah.",
+                       "mmhmm": "Mm-hmm.", "okay": "Okay."}.items():
+        clips[name] = write_clip(directory / f"{name}.wav", with_pauses([piper_speech(voice, text)], []))
+    jfk = load_audio_8k(FIXTURES / "jfk.flac")
+    clips["burst"] = write_clip(directory / "burst.wav", with_pauses([jfk[int(3.28 * 8000) : int(3.5 * 8000)]], []))
     caller, server = [], []
     async with running_server(dataclasses.replace(settings, llm_max_tokens=200), models=models) as base:
         for trial in range(trials):
@@ -138,8 +241,19 @@ async def bench_barge_in(settings: Settings, models: Models, trials: int, direct
                 caller.append(result.turns[1].clear_after_onset)
             async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:
                 server += [t["barge_in"] for t in (await r.json())["turns"] if t.get("barge_in") is not None]
+        outcomes = []
+        for trial in range(trials):
+            sound = ("burst", "yeah", "mmhmm", "okay")[trial % 4]
+            script = [clips["story"], CallerTurn(audio=clips[sound], interrupt_after=0.8 + 0.4 * (trial % 3))]
+            result = await signed_call(base, script, settings)
+            async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:
+                (story, *_) = (await r.json())["turns"]
+            outcomes.append((sound, result.cleared > 0, story["false_alarms"] > 0 and not story["interrupted"]))
     print(f"\nbarge-in, speech onset -> clear ({trials} trials): caller's view p50 {ms(caller, 50)} ms "
           f"p95 {ms(caller, 95)} ms (n={len(caller)}); server's view p50 {ms(server, 50)} ms p95 {ms(server, 95)} ms")
+    print(f"false alarms over a reply ({trials} trials): held {sum(o[1] for o in outcomes)}, resumed with nothing "
+          f"lost {sum(o[2] for o in outcomes)}; " + ", ".join(f"{s}: {'resumed' if r else 'LOST' if h else 'no hold'}"
+                                                              for s, h, r in outcomes))
 
 
 def main() -> int:
@@ -152,6 +266,8 @@ def main() -> int:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive (no speculation, no streaming) run")
     parser.add_argument("--barge-in", type=int, default=0, metavar="N",
                         help="also measure N interruptions: speech onset -> clear (in-process server only)")
+    parser.add_argument("--turn-taking", action="store_true",
+                        help="also run multi-clause utterances (en, es): cut-ins and turn decisions")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"),
                         help="where the models run (default VOICEPIPE_DEVICE, auto)")
     args = parser.parse_args()

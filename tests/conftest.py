@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voicepipe.engines.tts import synthesize
+from voicepipe.callers import piper_speech, with_pauses, write_clip
 from voicepipe.simulate import load_audio_8k
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -19,6 +19,20 @@ JFK_TRANSCRIPT = (
 @pytest.fixture(scope="session")
 def jfk_8k() -> np.ndarray:
     return load_audio_8k(FIXTURES / "jfk.flac")
+
+
+@pytest.fixture
+def jfk_clause(jfk_8k: np.ndarray) -> np.ndarray:
+    """ "And so my fellow Americans": speech from 0.32 s to 2.24 s, then a 1 s pause."""
+    return jfk_8k[: int(2.3 * 8000)]
+
+
+@pytest.fixture(scope="session")
+def unit_settings(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Default settings pointing at no model files: for unit tests on fake engines."""
+    from voicepipe.config import load_settings
+
+    return load_settings({"VOICEPIPE_MODELS_DIR": str(tmp_path_factory.mktemp("no-models"))}, env_file=None)
 
 
 def words(text: str) -> list[str]:
@@ -54,38 +68,23 @@ def models(base_settings):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="session")
 def speech_dir(tmp_path_factory: pytest.TempPathFactory, models) -> Path:  # type: ignore[no-untyped-def]
-    """Caller utterances spoken by the real Piper voice, as 22.05 kHz WAV files."""
-    import soundfile
-
+    """Caller utterances in the real Piper voice, the same audio on every run (sampling off), as 8 kHz WAV files."""
     directory = tmp_path_factory.mktemp("speech")
-    rate = models.synthesizer.sample_rate
-    lead = np.zeros(int(0.3 * rate), dtype=np.int16)
+    voice = models.synthesizer.voice
     phrases = {
         "capital": "What is the capital of France?",
         "colour": "What colour is the sky on a clear day?",
         "thanks": "Thank you very much.",
-        "first_half": "Could you tell me",
-        "second_half": "what the weather is like in Paris?",
         "story": "Please tell me a long story about a brave little dragon and the village it protected.",
         "stop": "I have another question about my account instead.",
         "goodbye": "Okay, goodbye!",
     }
     for name, text in phrases.items():
-        soundfile.write(directory / f"{name}.wav", np.concatenate([lead, synthesize(models.synthesizer, text)]), rate)
-    # One utterance with a 400 ms hesitation inside: longer than the pause, shorter than the end of turn. Piper
-    # adds 30-160 ms of its own near-silence at each end, varying per take; it is cut so the gap is 400 ms.
-    first, _ = soundfile.read(directory / "first_half.wav", dtype="int16")
-    second, _ = soundfile.read(directory / "second_half.wav", dtype="int16")
-    gap = np.zeros(int(0.4 * rate), dtype=np.int16)
-    hesitant = np.concatenate([lead, trim_quiet(first), gap, trim_quiet(second)])
-    soundfile.write(directory / "hesitant.wav", hesitant, rate)
+        write_clip(directory / f"{name}.wav", with_pauses([piper_speech(voice, text)], []))
+    # A 400 ms hesitation inside: longer than the 200 ms pause, shorter than a fixed 700 ms end of turn.
+    parts = [piper_speech(voice, "Could you tell me"), piper_speech(voice, "what the weather is like in Paris?")]
+    write_clip(directory / "hesitant.wav", with_pauses(parts, [0.4]))
     return directory
-
-
-def trim_quiet(samples: np.ndarray, level: int = 328) -> np.ndarray:
-    """Cut what lies below -40 dBFS at both ends."""
-    loud = np.flatnonzero(np.abs(samples) > level)
-    return samples[loud[0] : loud[-1] + 1] if loud.size else samples[:0]
 
 
 def make_noises(seconds: float = 2.0, rate: int = 8000) -> dict[str, np.ndarray]:

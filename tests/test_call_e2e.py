@@ -20,8 +20,8 @@ pytestmark = pytest.mark.models
 
 
 async def test_call_answers_the_fixture_sentence(base_settings: Settings, models: Models) -> None:
-    # JFK pauses ~1 s between phrases; a 1.5 s end of turn keeps his sentence one turn.
-    settings = with_turn(base_settings, end_of_turn_ms=1500)
+    # JFK pauses ~1 s between phrases; a fixed 1.5 s end of turn (no turn model) keeps his sentence one turn.
+    settings = dataclasses.replace(with_turn(base_settings, end_of_turn_ms=1500), turn_model="")
     async with serving(settings, models) as (url, ended):
         result = await simulate_call(url, [FIXTURES / "jfk.flac"])
         await wait_for(ended)
@@ -55,8 +55,9 @@ async def test_conversation_keeps_its_context_across_turns(
 async def test_a_hesitation_is_not_the_end_of_the_turn(
     base_settings: Settings, models: Models, speech_dir: Path
 ) -> None:
-    # The 400 ms gap starts a speculative reply (pause 200 ms) that must be thrown away when speech resumes.
-    settings = with_turn(base_settings, pause_ms=200, end_of_turn_ms=700)
+    # The 400 ms gap starts a speculative reply (pause 200 ms) that must be thrown away when speech resumes; the
+    # fixed 700 ms end of turn (no turn model) is longer than the gap.
+    settings = dataclasses.replace(with_turn(base_settings, pause_ms=200, end_of_turn_ms=700), turn_model="")
     async with serving(settings, models) as (url, ended):
         result = await simulate_call(url, [speech_dir / "hesitant.wav"])
         await wait_for(ended)

@@ -78,3 +78,15 @@ def test_backend_settings_are_checked() -> None:
     only_server = load_settings({"VOICEPIPE_LLM_BACKEND": "openai", "OPENAI_API_KEY": "k"}, env_file=None)
     assert not only_server.uses_local_llm and only_server.uses_llm_server
     assert load_settings({}, env_file=None).uses_local_llm and not load_settings({}, env_file=None).uses_llm_server
+
+
+def test_turn_settings() -> None:
+    settings = load_settings({}, env_file=None)
+    assert settings.turn_model_path is not None and settings.turn_model_path.name == "smart-turn-v3.2-cpu.onnx"
+    assert (settings.turn_threshold, settings.max_silence_ms, settings.barge_in_ms) == (0.5, 2000, 120)
+    assert load_settings({"VOICEPIPE_TURN_MODEL": "off"}, env_file=None).turn_model_path is None
+    with pytest.raises(ConfigError, match="VOICEPIPE_MAX_SILENCE_MS"):
+        load_settings({"VOICEPIPE_PAUSE_MS": "900", "VOICEPIPE_END_OF_TURN_MS": "1000",
+                       "VOICEPIPE_MAX_SILENCE_MS": "800"}, env_file=None)
+    with pytest.raises(ConfigError, match="VOICEPIPE_TURN_THRESHOLD"):
+        load_settings({"VOICEPIPE_TURN_THRESHOLD": "1.5"}, env_file=None)

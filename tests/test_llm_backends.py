@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import assert_logs_hold_no_words, free_port, serving, user_turns, wait_for
-from voicepipe.config import ConfigError, Settings, load_settings
+from voicepipe.config import Settings
 from voicepipe.engines.llm import ChatBackend, LlamaChat, Message, reply_text
 from voicepipe.engines.llm_backends import FallbackChat, OpenAIChat
 from voicepipe.engines.models import Models, load_chat

@@ -13,7 +13,6 @@ from voicepipe.engines.stt import WhisperTranscriber, looks_looped
 from voicepipe.engines.tts import synthesize
 
 
-
 def phone_line(samples: np.ndarray, rate: int) -> np.ndarray:
     return ulaw_to_pcm16(pcm16_to_ulaw(resample(samples, rate, 8000)))
 

@@ -72,6 +72,7 @@ GOODBYES = {
     "en": ("goodbye", "good bye", "bye", "bye bye", "that's all", "that is all"),
     "es": ("adiós", "adios", "hasta luego", "chao", "chau", "hasta pronto", "eso es todo"),
 }
+DEFAULT_TURN_MODEL = "smart-turn-v3.2/smart-turn-v3.2-cpu.onnx"  # under the models dir; every language
 DEFAULT_GREETINGS = {
     "en": "Hello! How can I help you today?",
     "es": "¡Hola! ¿En qué puedo ayudarle hoy?",
@@ -121,7 +122,12 @@ class Settings:
     max_calls: int = 4  # above this, /voice answers "lines busy" instead of a stream that would stutter
     speculative: bool = True  # start STT and the LLM at a short pause, before the end of the turn
     streaming: bool = True  # speak sentence by sentence while the LLM goes on (False: whole reply at once)
-    barge_in_ms: int = 300  # voiced caller speech over the agent that stops it (shorter: a backchannel)
+    # The end of a turn, judged at each pause by the turn model (Smart Turn) and the words so far; a turn it
+    # keeps open still ends after max_silence_ms. Without a turn model: a fixed silence (turn.end_of_turn_ms).
+    turn_model: str = DEFAULT_TURN_MODEL
+    turn_threshold: float = 0.5  # Smart Turn's P(done) that ends a turn (when the words do not say otherwise)
+    max_silence_ms: int = 2000
+    barge_in_ms: int = 120  # voiced caller speech over the agent that holds it (its words then decide)
     playback_lead_ms: int = 400  # how far ahead of Twilio's playback we send audio
     silence_reprompt_s: float = 10.0  # caller silent this long: "are you still there?"
     silence_hangup_s: float = 10.0  # and this long again after the reprompt: goodbye and hang up
@@ -147,6 +153,10 @@ class Settings:
     def uses_llm_server(self) -> bool:
         """An OpenAI-compatible server answers (always, or when the local model cannot): call content leaves."""
         return LLM_BACKENDS[self.llm_backend][1]
+
+    @property
+    def turn_model_path(self) -> Path | None:
+        return self.model_path(self.turn_model) if self.turn_model else None
 
     @property
     def stt_model_path(self) -> Path:
@@ -254,6 +264,12 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         raise ConfigError(
             f"VOICEPIPE_PAUSE_MS={pause_ms} must not exceed VOICEPIPE_END_OF_TURN_MS={end_of_turn_ms}"
         )
+    max_silence_ms = _int(env, "VOICEPIPE_MAX_SILENCE_MS", Settings.max_silence_ms, 100, 30_000)
+    if pause_ms > max_silence_ms:
+        raise ConfigError(f"VOICEPIPE_PAUSE_MS={pause_ms} must not exceed VOICEPIPE_MAX_SILENCE_MS={max_silence_ms}")
+    turn_model = env.get("VOICEPIPE_TURN_MODEL", "").strip() or DEFAULT_TURN_MODEL
+    if turn_model.lower() in ("off", "none", "0"):
+        turn_model = ""
     turn = TurnSettings(
         vad_aggressiveness=_int(env, "VOICEPIPE_VAD_AGGRESSIVENESS", TurnSettings.vad_aggressiveness, 0, 3),
         speech_start_ms=_int(env, "VOICEPIPE_SPEECH_START_MS", TurnSettings.speech_start_ms, 20, 1000),
@@ -300,6 +316,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         max_calls=_int(env, "VOICEPIPE_MAX_CALLS", Settings.max_calls, 1, 10_000),
         speculative=_bool(env, "VOICEPIPE_SPECULATIVE", True),
         streaming=_bool(env, "VOICEPIPE_STREAMING", True),
+        turn_model=turn_model,
+        turn_threshold=_float(env, "VOICEPIPE_TURN_THRESHOLD", Settings.turn_threshold, 0.0, 1.0),
+        max_silence_ms=max_silence_ms,
         barge_in_ms=_int(env, "VOICEPIPE_BARGE_IN_MS", Settings.barge_in_ms, 20, 5000),
         playback_lead_ms=_int(env, "VOICEPIPE_PLAYBACK_LEAD_MS", Settings.playback_lead_ms, 200, 10_000),
         silence_reprompt_s=_float(env, "VOICEPIPE_SILENCE_REPROMPT_S", Settings.silence_reprompt_s, 1.0, 3600.0),

@@ -62,6 +62,7 @@ class TurnResult:
     marks: list[str] = field(default_factory=list)
     underruns: int = 0  # times playback ran dry inside the reply (a gap the caller hears)
     clear_after_onset: float | None = None  # this turn cut the agent off: its speech onset -> `clear`
+    talked_over: float = 0.0  # seconds of agent audio that played while the caller was still speaking (cut-in)
 
     @property
     def reply_seconds(self) -> float:
@@ -92,6 +93,7 @@ class _Playback:
         self.cleared = 0
         self.last_clear_at: float | None = None
         self.underruns = 0
+        self.playing: list[tuple[float, float]] = []  # when each piece of audio plays (start, end)
 
     def receive(self, message: dict[str, object], now: float) -> None:
         event = message.get("event")
@@ -103,7 +105,9 @@ class _Playback:
                 self.underruns += 1  # the queue ran dry for more than a frame before this audio came
             self.last_audio_at = now
             self.audio.append(payload)
-            self.play_end = max(self.play_end, now) + len(payload) / 8000 / self.speed
+            start = max(self.play_end, now)
+            self.play_end = start + len(payload) / 8000 / self.speed
+            self.playing.append((start, self.play_end))
         elif event == "mark":
             self.pending_marks.append((max(self.play_end, now), message["mark"]["name"]))  # type: ignore[index]
         elif event == "clear":
@@ -114,6 +118,11 @@ class _Playback:
             self.audio = []
             self.play_end = now
             self.pending_marks = [(now, name) for _, name in self.pending_marks]
+            self.playing = [(start, min(end, now)) for start, end in self.playing if start < now]
+
+    def played_between(self, start: float, end: float) -> float:
+        """Seconds of audio that played inside [start, end]."""
+        return sum(max(0.0, min(e, end) - max(s, start)) for s, e in self.playing)
 
     def due_marks(self, now: float) -> list[str]:
         due = [name for at, name in self.pending_marks if at <= now]
@@ -133,7 +142,7 @@ class _Playback:
     def take(self) -> tuple[float | None, np.ndarray, list[str], int]:
         audio = ulaw_to_pcm16(b"".join(self.audio)) if self.audio else np.zeros(0, dtype=np.int16)
         taken = (self.first_audio_at, audio, self.marks, self.underruns)
-        self.audio, self.first_audio_at, self.marks, self.underruns = [], None, [], 0
+        self.audio, self.first_audio_at, self.marks, self.underruns, self.playing = [], None, [], 0, []
         return taken
 
 
@@ -278,12 +287,13 @@ async def simulate_call(
                             await listen(start_at, lambda now: False)
                     else:
                         await listen(time.perf_counter() + reply_timeout, reply_finished)
+                    talked_over = playback.played_between(onset_at, speech_end_at) if clip is not None else 0.0
                     first_audio_at, audio, marks, underruns = playback.take()
                     latency = first_audio_at - speech_end_at if first_audio_at is not None else None
                     cleared = (playback.last_clear_at - onset_at
                                if playback.cleared > clears_before and playback.last_clear_at is not None else None)
                     results.append(TurnResult(str(turn.audio or f"dtmf {turn.dtmf}"), latency, audio, marks,
-                                              underruns, cleared if clip is not None else None))
+                                              underruns, cleared if clip is not None else None, talked_over))
                 if stay_on_line:
                     await listen(time.perf_counter() + stay_on_line, lambda now: False)
             except _HungUp:

@@ -20,7 +20,7 @@ class TurnSettings:
     speech_start_ms: int = 120  # voiced audio needed (within speech_window_ms) before a turn starts
     speech_window_ms: int = 200
     pause_ms: int = 200  # a short silence: the transcript can start early
-    end_of_turn_ms: int = 550  # the silence that ends the caller's turn
+    end_of_turn_ms: int = 550  # the silence that ends the caller's turn (whatever the turn judge says)
     min_utterance_ms: int = 250  # shorter bursts are clicks or coughs, not turns
     max_utterance_ms: int = 25_000  # whisper's window is 30 s; a monologue is cut here
     preroll_ms: int = 500  # audio kept from before the detected start, so a first short word survives
@@ -56,7 +56,14 @@ class TurnEnded:
     speech_end_ms: int  # audio time of the last voiced frame
 
 
-TurnEvent = SpeechStarted | Paused | SpeechResumed | TurnEnded
+@dataclass(frozen=True)
+class SpeechDropped:
+    """The utterance was too short to be words (a click, a cough): it ended at its first pause, as no turn."""
+
+    at_ms: int
+
+
+TurnEvent = SpeechStarted | Paused | SpeechResumed | TurnEnded | SpeechDropped
 
 
 class TurnDetector:
@@ -85,6 +92,15 @@ class TurnDetector:
     @property
     def in_speech(self) -> bool:
         return self._in_speech
+
+    @property
+    def paused(self) -> bool:
+        """In an utterance, silent for at least pause_ms."""
+        return self._in_speech and self._paused
+
+    @property
+    def last_voiced_ms(self) -> int:
+        return self._last_voiced_ms
 
     @property
     def clock_ms(self) -> int:
@@ -151,15 +167,21 @@ class TurnDetector:
         if silence_ms >= s.end_of_turn_ms:
             return self._end_turn()
         if silence_ms >= s.pause_ms and not self._paused:
+            if self._speech_ms() < s.min_utterance_ms:
+                return self._end_turn()  # too short for words: no need to wait for the end of turn to say so
             self._paused = True
-            if self._speech_ms() >= s.min_utterance_ms:
-                return Paused(audio=np.concatenate(self._utterance), speech_end_ms=self._last_voiced_ms)
+            return Paused(audio=np.concatenate(self._utterance), speech_end_ms=self._last_voiced_ms)
         return None
+
+    def end_turn(self) -> TurnEnded | None:
+        """End the utterance now, during a pause (the caller was judged done before the silence ran out)."""
+        ended = self._end_turn() if self.paused else None
+        return ended if isinstance(ended, TurnEnded) else None
 
     def _speech_ms(self) -> int:
         return self._last_voiced_ms - self._speech_start_ms
 
-    def _end_turn(self) -> TurnEvent | None:
+    def _end_turn(self) -> TurnEnded | SpeechDropped:
         audio = np.concatenate(self._utterance)
         long_enough = self._speech_ms() >= self.settings.min_utterance_ms
         self._utterance = []
@@ -167,5 +189,5 @@ class TurnDetector:
         self._paused = False
         self._recent.clear()
         if not long_enough:
-            return None
+            return SpeechDropped(at_ms=self._clock_ms)
         return TurnEnded(audio=audio, speech_end_ms=self._last_voiced_ms)

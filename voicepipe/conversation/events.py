@@ -23,14 +23,24 @@ class TurnTimings:
     turn: int
     speculative: bool = False
     vad_wait: float | None = None  # caller's last voiced frame -> end of turn decided
+    # What ended it: judged (done at a pause); silence (the words could end, the turn model was unsure, or there
+    # is none: VOICEPIPE_END_OF_TURN_MS); max_silence (a thought left open: VOICEPIPE_MAX_SILENCE_MS); keys.
+    end_of_turn: str = ""
+    turn_probability: float | None = None  # the turn model's P(done) at the last pause
+    turn_cue: str = ""  # why the words kept the turn open at the last pause (a category, no words)
+    turn_decision: float | None = None  # the pause -> the judgment (the turn model beside the transcription)
     stt: float | None = None
     llm_first_token: float | None = None  # from the LLM request
     llm_first_sentence: float | None = None  # from the LLM request
     tts_first_audio: float | None = None  # synthesis of the first sentence
     voice_to_voice: float | None = None  # caller's last voiced frame -> first reply audio sent
     reply_seconds: float = 0.0  # audio sent
-    interrupted: bool = False
-    barge_in: float | None = None  # caller's speech onset -> `clear` sent, when this reply was cut off
+    interrupted: bool = False  # the caller took the turn while it played: it stopped where they began
+    false_alarms: int = 0  # the caller's sound over it held it, was no interruption, and it went on
+    # The agent had started this reply when the caller went on speaking within a second of the speech it answers:
+    # the turn was taken from someone who was not done (a cut-in).
+    cut_in: bool = False
+    barge_in: float | None = None  # caller's speech onset -> `clear` sent (the agent held), the last time
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

@@ -22,10 +22,34 @@ def line_audio(synthesizer: Synthesizer, text: str) -> bytes:
     return ulaw + ULAW_SILENCE * (-len(ulaw) % FRAME_BYTES)
 
 
+# What a listener says to show they are listening, not to take the turn (hyphens count as spaces).
+BACKCHANNELS = {
+    "en": {"yeah", "yes", "yep", "yup", "ok", "okay", "mm hmm", "mhm", "mm", "hmm", "uh huh", "right", "sure",
+           "i see", "got it", "alright", "all right", "oh", "ah", "uh", "um", "wow", "cool"},
+    "es": {"sí", "si", "vale", "ajá", "aja", "ya", "claro", "bueno", "mhm", "mm", "ok", "okay", "de acuerdo",
+           "entiendo", "eh", "ah", "oh", "ya veo", "perfecto"},
+}
+
+
+def _words(text: str) -> list[str]:
+    return re.sub(r"[^\w\s']", " ", text.lower().replace("-", " ")).split()
+
+
+def is_backchannel(text: str, language: str) -> bool:
+    """ "Mm-hmm.", "Yeah, yeah.", "Sí, vale.": every piece of the turn is a listener's sound."""
+    pieces = [p for p in re.split(r"[,.!?;…]+", text.lower().replace("-", " ")) if p.strip()]
+    return bool(pieces) and all(" ".join(_words(p)) in BACKCHANNELS[language] for p in pieces)
+
+
+def is_echo(text: str, agent_text: str) -> bool:
+    """The caller's words are the agent's own, heard back (a speakerphone): most of them are in what it said."""
+    heard, said = _words(text), set(_words(agent_text))
+    return len(heard) >= 2 and sum(w in said for w in heard) >= 0.7 * len(heard)
+
+
 def is_goodbye(text: str, language: str) -> bool:
     """True when the caller's whole turn is a farewell ("Okay, bye!"), not a sentence that mentions one."""
-    words = re.sub(r"[^\w\s']", " ", text.lower()).split()
-    words = [w for w in words if w not in FAREWELL_FILLERS]
+    words = [w for w in _words(text) if w not in FAREWELL_FILLERS]
     return bool(words) and " ".join(words) in GOODBYES[language]
 
 
@@ -44,6 +68,10 @@ class Phrases:
 
     def is_goodbye(self, text: str) -> bool:
         return is_goodbye(text, self.language)
+
+    def is_false_alarm(self, text: str, agent_text: str) -> bool:
+        """Speech over the agent that does not take the turn: no words, a backchannel, or the agent's echo."""
+        return not text.strip() or is_backchannel(text, self.language) or is_echo(text, agent_text)
 
 
 def phrase_texts(settings: Settings) -> dict[str, str]:

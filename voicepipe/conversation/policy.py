@@ -13,7 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from voicepipe.audio.turn import Paused, SpeechResumed, SpeechStarted, TurnDetector, TurnEnded, TurnSettings
+from voicepipe.audio.turn import (
+    Paused,
+    SpeechDropped,
+    SpeechResumed,
+    SpeechStarted,
+    TurnDetector,
+    TurnEnded,
+    TurnSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -38,15 +46,25 @@ class DropSpeculation:
 class CommitTurn:
     audio: np.ndarray
     speech_end_ms: int
+    by: str = "silence"  # what ended it: judged (done at a pause), silence, max_silence (a thought left open)
 
 
-Decision = CallerStarted | Speculate | DropSpeculation | CommitTurn
+@dataclass(frozen=True)
+class FalseStart:
+    """What began as speech was too short for words (a click, a cough)."""
+
+
+Decision = CallerStarted | Speculate | DropSpeculation | CommitTurn | FalseStart
 
 
 class TurnTaking:
     def __init__(self, turn: TurnSettings, speculative: bool, barge_in_ms: int,
-                 speech_probability: Callable[[np.ndarray], float] | None = None) -> None:
+                 speech_probability: Callable[[np.ndarray], float] | None = None, judged: bool = False) -> None:
+        """`judged`: the detector's own end of turn (turn.end_of_turn_ms) is the maximum silence, and a judge
+        ends turns earlier (commit_if_still_paused, end_at_silence)."""
         self.detector = TurnDetector(turn, speech_probability)
+        self.judged = judged
+        self._end_at_silence_ms: int | None = None  # this pause ends the turn once it is this long
         self.speculative = speculative
         self.barge_in_ms = barge_in_ms
         self.onset_ms = 0  # audio time the caller's current utterance began
@@ -73,6 +91,8 @@ class TurnTaking:
         events = self.detector.feed(samples)
         self._arrivals.append((self.detector.clock_ms, time.perf_counter()))
         for event in events:
+            if isinstance(event, (SpeechStarted, SpeechResumed, TurnEnded, SpeechDropped)):
+                self._end_at_silence_ms = None
             if isinstance(event, SpeechStarted):
                 self.onset_ms = event.at_ms
                 self._yielded = False
@@ -83,11 +103,34 @@ class TurnTaking:
             elif isinstance(event, SpeechResumed):
                 decisions.append(DropSpeculation())
             elif isinstance(event, TurnEnded):
-                decisions.append(CommitTurn(event.audio, event.speech_end_ms))
+                by = "max_silence" if self.judged else "silence"
+                decisions.append(CommitTurn(event.audio, event.speech_end_ms, by))
+            elif isinstance(event, SpeechDropped):
+                decisions.append(FalseStart())
+        detector = self.detector
+        if (self._end_at_silence_ms is not None and detector.paused
+                and detector.clock_ms - detector.last_voiced_ms >= self._end_at_silence_ms):
+            if (ended := detector.end_turn()) is not None:
+                decisions.append(CommitTurn(ended.audio, ended.speech_end_ms, "silence"))
+            self._end_at_silence_ms = None
         return decisions
 
+    def end_at_silence(self, speech_end_ms: int, silence_ms: int) -> None:
+        """The pause after `speech_end_ms` ends the turn once it lasts `silence_ms` (the words could end here,
+        though the turn model is not sure); speech before that cancels it."""
+        if self.detector.paused and self.detector.last_voiced_ms == speech_end_ms:
+            self._end_at_silence_ms = silence_ms
+
+    def commit_if_still_paused(self, speech_end_ms: int) -> CommitTurn | None:
+        """End the turn at the pause after `speech_end_ms` (judged done), unless the caller spoke since."""
+        if self.detector.last_voiced_ms != speech_end_ms or (ended := self.detector.end_turn()) is None:
+            return None
+        self._end_at_silence_ms = None
+        return CommitTurn(ended.audio, ended.speech_end_ms, "judged")
+
     def interrupts(self, agent_speaking: bool) -> bool:
-        """The caller talks over the agent: enough voiced speech (a short "mm-hm" is less), once per utterance."""
+        """The caller talks over the agent: enough voiced speech to hold the agent, once per utterance (whether
+        it was an interruption the words decide later)."""
         return (agent_speaking and not self._yielded and self.detector.in_speech
                 and self.detector.voiced_ms >= self.barge_in_ms)
 

@@ -30,8 +30,10 @@ class Reply:
     audio: np.ndarray | None  # the caller's utterance (8 kHz); None for a typed turn (DTMF)
     speech_end_wall: float  # wall time of the caller's last voiced frame: voice-to-voice counts from here
     timings: TurnTimings
+    speech_end_ms: int | None = None  # audio time of the same moment (None for a typed turn)
     user_text: str = ""
     committed: asyncio.Event = field(default_factory=asyncio.Event)
+    transcribed: asyncio.Event = field(default_factory=asyncio.Event)  # user_text is final (or failed)
     task: asyncio.Task[None] | None = None
     sentences: list[SpokenSentence] = field(default_factory=list)  # sent to Twilio, in order
     assistant_entry: Message | None = None  # its entry in the history, revised to what was heard
@@ -40,6 +42,11 @@ class Reply:
     # meanwhile its player must not start another sentence.
     stopped: bool = False
     failed: bool = False
+
+    async def transcript(self) -> str:
+        """What the caller said, once transcribed ("" for no speech or a failed transcription)."""
+        await self.transcribed.wait()
+        return self.user_text
 
     def stop(self) -> None:
         self.stopped = True
@@ -66,7 +73,9 @@ class Responder:
     async def run(self, reply: Reply) -> None:
         try:
             if reply.audio is not None:
-                if not await self.transcribe(reply):
+                heard = await self.transcribe(reply)
+                reply.transcribed.set()
+                if not heard:
                     return
                 if self.phrases.is_goodbye(reply.user_text) and self.on_goodbye is not None:
                     await reply.committed.wait()
@@ -80,6 +89,7 @@ class Responder:
             if reply.committed.is_set() and not reply.stopped and "apology" in self.phrases.audio:
                 await self.speaker.say(self.phrases.audio["apology"], f"t{reply.timings.turn}apology")
         finally:
+            reply.transcribed.set()  # nobody waits for a transcript that will not come
             # Interrupted turns are reported too: their timings (barge-in included, set a moment later on
             # the same object) are what /stats and the bench read.
             if reply.committed.is_set():

@@ -4,14 +4,17 @@ The session orchestrates; the parts decide. The turn-taking policy says when the
 talks over the agent; a Responder turns an utterance into a reply; the Speaker plays it and knows what was
 heard; the ConversationContext keeps the history as the caller heard it; Phrases hold the fixed lines.
 
-Replies start speculatively at a short pause and play only once the turn ends. When the caller talks over
-the agent (barge-in), Twilio's buffer is cleared, the reply cancelled, and the history keeps what was heard.
+Replies start speculatively at a short pause and play only once the turn ends. When the caller starts to talk
+over the agent, it holds at once (Twilio's buffer cleared, what was not heard kept); the caller's first words
+decide: an interruption, and the reply stops there, the history keeping what was heard; or a false alarm (a
+cough, "mm-hmm", the agent's own echo), and the reply resumes where the caller stopped hearing it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -24,11 +27,14 @@ from voicepipe.audio.vad import SileroStream
 from voicepipe.config import Settings
 from voicepipe.conversation.context import ConversationContext
 from voicepipe.conversation.events import Observers, TurnTimings
+from voicepipe.conversation.floor import Floor
+from voicepipe.conversation.judge import TurnJudge
 from voicepipe.conversation.phrases import Phrases
 from voicepipe.conversation.policy import (
     CallerStarted,
     CommitTurn,
     DropSpeculation,
+    FalseStart,
     SilenceWatch,
     Speculate,
     TurnTaking,
@@ -58,7 +64,11 @@ class CallSession:
         self._hang_up = hang_up
         self.context = ConversationContext(settings.system_prompt)
         silero = SileroStream(models.silero).feed if models.silero is not None else None
-        self.turn_taking = TurnTaking(settings.turn, settings.speculative, settings.barge_in_ms, silero)
+        # The judge hears the speculative transcript, so it needs speculation; without it a fixed silence decides.
+        judged = bool(settings.turn_model) and models.turn_model is not None and settings.speculative
+        self.judge = TurnJudge(models.turn_model, settings.language, settings.turn_threshold) if judged else None
+        turn = dataclasses.replace(settings.turn, end_of_turn_ms=settings.max_silence_ms) if judged else settings.turn
+        self.turn_taking = TurnTaking(turn, settings.speculative, settings.barge_in_ms, silero, judged)
         self.silence = SilenceWatch(settings.silence_reprompt_s, settings.silence_hangup_s, settings.max_call_s,
                                     time.monotonic())
         self.speaker = Speaker(PacedSender(stream_sid, send, settings.playback_lead_ms), models.synthesizer,
@@ -67,7 +77,9 @@ class CallSession:
                                    self.observers, call_sid, settings.streaming,
                                    on_goodbye=lambda: self.end_call("closing"))
         self._speculative: Reply | None = None
-        self._speaking: Reply | None = None  # the committed reply, while it is produced or played
+        self.floor = Floor(self.speaker, self.responder, phrases, self.turn_taking, self._spawn)
+        self._judging: asyncio.Task[None] | None = None  # is the caller done at this pause?
+        self.judgments = 0  # pauses judged so far
         self._tasks: set[asyncio.Task[Any]] = set()
         self._turns = 0  # committed turns; a turn's number (and its audio tags) is given at commit
         self._replies = 0  # replies started, speculative ones included (names their tasks)
@@ -83,10 +95,7 @@ class CallSession:
 
     @property
     def agent_speaking(self) -> bool:
-        """Audio is playing (or about to) on the caller's side."""
-        reply = self._speaking
-        producing = reply is not None and reply.task is not None and not reply.task.done()
-        return producing or self.speaker.outstanding_ms > 0
+        return self.floor.agent_speaking
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any], what: str) -> asyncio.Task[Any]:
         """Every task of the call is named after it and tracked, so ending the call can end them all."""
@@ -120,17 +129,22 @@ class CallSession:
         for decision in decisions:
             if isinstance(decision, CallerStarted):
                 self.silence.activity(time.monotonic())
+                self.floor.note_caller_onset(decision.onset_ms)
             elif isinstance(decision, DropSpeculation):
-                if self._speculative is not None:
-                    self._speculative.stop()
-                self._speculative = None
+                self._drop_speculation()
             elif isinstance(decision, Speculate):
                 self._speculative = self._start_reply(decision.audio, decision.speech_end_ms, speculative=True)
+                if self.judge is not None or self.floor.held:
+                    self._judging = self._spawn(self._at_pause(self._speculative, decision), "pause")
+            elif isinstance(decision, FalseStart):
+                if self.floor.held:
+                    self.floor.resume()
             elif isinstance(decision, CommitTurn):
                 self.silence.activity(time.monotonic())
+                self._stop_judging()
                 await self._end_turn(decision)
-        if self.turn_taking.interrupts(self.agent_speaking):
-            await self._barge_in()
+        if self.turn_taking.interrupts(self.agent_speaking and not self.floor.held):
+            await self.floor.hold()
 
     def handle_mark(self, name: str) -> None:
         self.speaker.player.on_mark(name)
@@ -141,7 +155,7 @@ class CallSession:
         if self.ending:
             return
         if self.agent_speaking:
-            await self._barge_in()
+            await self.floor.give_way()
         self._dtmf_digits += digit
         if self._dtmf_task is not None:
             self._dtmf_task.cancel()
@@ -150,7 +164,9 @@ class CallSession:
     async def _dtmf_turn(self) -> None:
         await asyncio.sleep(DTMF_GAP_SECONDS)
         digits, self._dtmf_digits = " ".join(self._dtmf_digits), ""
-        await self._commit(self._start_reply(None, None, speculative=False, typed=self.phrases.dtmf(digits)))
+        reply = self._start_reply(None, None, speculative=False, typed=self.phrases.dtmf(digits))
+        reply.timings.end_of_turn = "keys"
+        await self._commit(reply)
 
     # -- turns ---------------------------------------------------------------------------------------------
 
@@ -158,40 +174,75 @@ class CallSession:
                      typed: str = "") -> Reply:
         self._replies += 1
         wall = self.turn_taking.wall_time_of(speech_end_ms) if speech_end_ms is not None else time.perf_counter()
-        reply = Reply(audio, wall, TurnTimings(self.call_sid, 0, speculative), user_text=typed)
+        reply = Reply(audio, wall, TurnTimings(self.call_sid, 0, speculative), speech_end_ms, user_text=typed)
         reply.task = self._spawn(self.responder.run(reply), f"reply{self._replies}")
         return reply
+
+    def _drop_speculation(self) -> None:
+        self._stop_judging()
+        if self._speculative is not None:
+            self._speculative.stop()
+        self._speculative = None
+
+    def _stop_judging(self) -> None:
+        if self._judging is not None:
+            self._judging.cancel()
+        self._judging = None
+
+    async def _at_pause(self, reply: Reply, pause: Speculate) -> None:
+        """At a pause: settle a hold by the words so far; then, if the caller sounds done and their words agree,
+        the turn ends here, not at the maximum silence."""
+        if self.floor.held and await self._settle_hold(reply, pause):
+            return
+        if self.judge is None:
+            return
+        judgment = await self.judge.judge(pause.audio, reply.transcript())
+        self.judgments += 1
+        timings = reply.timings
+        timings.turn_probability, timings.turn_cue = judgment.probability, judgment.cue
+        timings.turn_decision = time.perf_counter() - reply.speech_end_wall
+        log.debug("turn judged %s (P(done) %s, words: %s) in %.0f ms", "done" if judgment.done else "open",
+                  judgment.probability, judgment.cue or "complete", judgment.seconds * 1000)
+        if self._speculative is not reply:
+            return
+        if not judgment.done and not judgment.cue:  # the words could end here; the model is not sure
+            self.turn_taking.end_at_silence(pause.speech_end_ms, self.settings.turn.end_of_turn_ms)
+        elif judgment.done and (commit := self.turn_taking.commit_if_still_paused(pause.speech_end_ms)):
+            self._judging = None  # committing now: a new pause must not cancel this task halfway
+            await self._end_turn(commit)
 
     async def _end_turn(self, turn: CommitTurn) -> None:
         reply, self._speculative = self._speculative, None
         if reply is None or reply.failed:  # a speculation that failed (a model fault) gets one fresh try
             reply = self._start_reply(turn.audio, turn.speech_end_ms, speculative=False)
         reply.timings.vad_wait = time.perf_counter() - reply.speech_end_wall
+        reply.timings.end_of_turn = turn.by
         await self._commit(reply)
 
     async def _commit(self, reply: Reply) -> None:
         if self.agent_speaking:
-            # A whole new turn while the agent talks (it was not cut off yet, e.g. a short turn): stop it.
-            await self._barge_in(count=False)
+            # A whole new turn while the agent talks or holds: it gives up the rest of its reply.
+            await self.floor.give_way()
         self._turns += 1
         reply.timings.turn = self._turns
-        self._speaking = reply
+        self.floor.take(reply)
         reply.committed.set()
 
-    async def _barge_in(self, count: bool = True) -> None:
-        """The caller talks over the agent: drop Twilio's queue, stop the reply, keep what was heard."""
-        self.turn_taking.agent_yielded()
-        cleared_at = time.perf_counter()
-        reply = self._speaking
-        if reply is not None:
-            reply.stop()
-        await self.speaker.clear()
-        if reply is not None:
-            reply.timings.interrupted = True
-            self.responder.revise_to_heard(reply)
-            if count:
-                reply.timings.barge_in = cleared_at - self.turn_taking.wall_time_of(self.turn_taking.onset_ms)
-        log.info("caller interrupted the agent; cleared")
+    async def _settle_hold(self, reply: Reply, pause: Speculate) -> bool:
+        """The speech that held the agent, at its first pause: a false alarm (True: the reply goes on, and this
+        was no turn), or words that take the turn (the agent gives way)."""
+        text = await reply.transcript()
+        if not self.floor.held or self._speculative is not reply:
+            return False  # settled already (a commit or a key came first)
+        if not self.floor.is_false_alarm(text):
+            await self.floor.give_way()
+            return False
+        if self.turn_taking.commit_if_still_paused(pause.speech_end_ms) is None:
+            return True  # they spoke again meanwhile: the next pause decides
+        self._judging = None  # this task: not to be cancelled by dropping the speculation it belongs to
+        self._drop_speculation()  # not a turn: no answer, nothing in the history
+        self.floor.resume()
+        return True
 
     # -- silences and the end of the call -----------------------------------------------------------------
 
@@ -219,7 +270,7 @@ class CallSession:
             return
         self.ending = True
         self.end_reason = phrase
-        for reply in (self._speculative, self._speaking):
+        for reply in (self._speculative, self.floor.reply):
             if reply is not None:
                 reply.stop()
         if self.speaker.outstanding_ms:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from voicepipe.audio.codec import pcm16_to_ulaw
+from voicepipe.audio.levels import trim_quiet
 from voicepipe.audio.resample import StreamResampler
 from voicepipe.conversation.events import Observers
 from voicepipe.engines.tts import Synthesizer, synthesize
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from voicepipe.conversation.reply import Reply
 
 SENTENCE_GAP = ULAW_SILENCE * (FRAME_BYTES * 5)  # 100 ms between sentences, as a speaker breathes
+ONSET_LEVEL = 104  # -50 dBFS: where a reply's first sound begins (20 ms before it are kept)
 # A sentence counts as heard whole when this little of it is unplayed (the last mark's rounding).
 HEARD_WHOLE_SLACK_MS = 40
 
@@ -48,6 +50,16 @@ class Speaker:
 
     async def clear(self) -> None:
         await self.player.clear()
+
+    async def hold(self) -> None:
+        await self.player.hold()
+
+    async def resume(self) -> None:
+        await self.player.resume()
+
+    @property
+    def held(self) -> bool:
+        return self.player.held
 
     async def drain(self, timeout: float) -> None:
         await self.player.drain(timeout)
@@ -82,6 +94,8 @@ class Speaker:
                     pcm = await asyncio.to_thread(synthesize, self.synthesizer, text)
                 if timings.tts_first_audio is None:
                     timings.tts_first_audio = time.perf_counter() - started
+                    # Piper opens each sentence with 30-160 ms of near-silence: the caller would wait for it.
+                    pcm = trim_quiet(pcm, ONSET_LEVEL, end=False, margin=self.synthesizer.sample_rate // 50)
                 audio = pending + pcm16_to_ulaw(resampler.process(pcm))
                 whole = len(audio) - len(audio) % FRAME_BYTES  # whole 20 ms frames; the rest waits
                 audio, pending = audio[:whole], audio[whole:]

@@ -16,6 +16,7 @@ from voicepipe.engines.llm import ChatBackend, LlamaChat
 from voicepipe.engines.llm_backends import FallbackChat, OpenAIChat
 from voicepipe.engines.stt import Transcriber, WhisperTranscriber
 from voicepipe.engines.tts import PiperSynthesizer, Synthesizer, synthesize
+from voicepipe.engines.turn_model import SmartTurn, TurnModel
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class Models:
     load_seconds: dict[str, float]
     silero: Any = None  # onnxruntime session of Silero VAD, shared; each call keeps its own state
     device: str = "cpu"
+    turn_model: TurnModel | None = None  # judges the end of a turn (None: a fixed silence does)
 
 
 def _require(settings: Settings, path: Path, setting: str, what: str) -> None:
@@ -53,6 +55,8 @@ def check_model_files(settings: Settings) -> None:
     if not settings.uses_llm_server:  # with a fallback server, a missing local model is survivable
         _require(settings, settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
     _require(settings, settings.tts_voice_path, "VOICEPIPE_TTS_VOICE", "Piper voice")
+    if settings.turn_model_path is not None:
+        _require(settings, settings.turn_model_path, "VOICEPIPE_TURN_MODEL", "end-of-turn model (or set it to off)")
     _require(settings, Path(f"{settings.tts_voice_path}.json"), "VOICEPIPE_TTS_VOICE", "Piper voice config")
 
 
@@ -167,6 +171,17 @@ def load_models(settings: Settings) -> Models:
 
     silero = load_silero() if settings.turn.silero_threshold > 0 else None
 
+    turn_model = None
+    if settings.turn_model_path is not None:
+        started = time.perf_counter()
+        try:
+            turn_model = SmartTurn(settings.turn_model_path, use_cuda=device == "cuda")
+        except Exception as exc:  # onnxruntime raises its own exception types for a corrupt file
+            raise ModelFileError(f"cannot load the end-of-turn model {settings.turn_model_path}: {exc}. "
+                                 f"Re-fetch: {fetch_command(settings)}") from exc
+        turn_model.probability_done(np.zeros(8000, dtype=np.int16))  # first run allocates
+        seconds["turn"] = time.perf_counter() - started
+
     log.info("models loaded and warm on %s: %s", device, ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
     return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, load_seconds=seconds, silero=silero,
-                  device=device)
+                  device=device, turn_model=turn_model)

@@ -13,7 +13,8 @@ from prometheus_client.registry import Collector
 
 # Seconds; dense where phone latency lives (0.2-2 s).
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0)
-STAGES = ("vad_wait", "stt", "llm_first_token", "llm_first_sentence", "tts_first_audio", "voice_to_voice")
+STAGES = ("vad_wait", "turn_decision", "stt", "llm_first_token", "llm_first_sentence", "tts_first_audio",
+          "voice_to_voice")
 
 
 class _LlmBackendCollector(Collector):
@@ -42,20 +43,31 @@ class Metrics:
             lambda: float(active_calls()))
         self.calls = Counter("voicepipe_calls", "Calls ended, by outcome", ["outcome"], registry=self.registry)
         self.turns = Counter("voicepipe_turns", "Caller turns answered (or attempted)", registry=self.registry)
+        self.turn_ends = Counter("voicepipe_turn_ends", "What ended caller turns: judged done at a pause, the "
+                                 "maximum silence, keys", ["by"], registry=self.registry)
         self.stage_seconds = Histogram("voicepipe_stage_seconds", "Latency per stage of a turn (server's clock)",
                                        ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.barge_ins = Counter("voicepipe_barge_ins", "Replies cut off by the caller", registry=self.registry)
+        self.false_alarms = Counter("voicepipe_false_alarms", "Holds that were no interruption (noise, a "
+                                    "backchannel, the agent's echo): the reply resumed", registry=self.registry)
+        self.cut_ins = Counter("voicepipe_cut_ins", "Replies the agent began while the caller was not done (the "
+                               "caller went on within a second)", registry=self.registry)
         self.errors = Counter("voicepipe_errors", "Errors, by where and what", ["stage", "kind"],
                               registry=self.registry)
         self.registry.register(_LlmBackendCollector(chat))
 
     def turn(self, timings: dict[str, Any]) -> None:
         self.turns.inc()
+        if timings.get("end_of_turn"):
+            self.turn_ends.labels(timings["end_of_turn"]).inc()
         for stage in STAGES:
             if timings.get(stage) is not None:
                 self.stage_seconds.labels(stage).observe(timings[stage])
         if timings.get("interrupted"):
             self.barge_ins.inc()
+        if timings.get("cut_in"):
+            self.cut_ins.inc()
+        self.false_alarms.inc(float(timings.get("false_alarms") or 0))
 
     def error(self, stage: str, kind: str) -> None:
         self.errors.labels(stage, kind).inc()

@@ -1,0 +1,173 @@
+"""Fake engines and a fake Twilio for unit tests of the call session: the seams' shapes, none of the models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Callable, Iterator
+
+import numpy as np
+
+from voicepipe.audio.codec import pcm16_to_ulaw
+from voicepipe.config import Settings
+from voicepipe.conversation.events import CallObserver, Observers, TurnTimings
+from voicepipe.conversation.phrases import Phrases
+from voicepipe.conversation.session import CallSession
+from voicepipe.engines.llm import ChatEvent, Message, TextDelta
+from voicepipe.engines.models import Models
+from voicepipe.engines.stt import Transcript
+from voicepipe.engines.turn_model import TurnModel
+
+REPLY = "First sentence is here. The second sentence has quite a few more words in it. Third one ends it."
+
+
+class FakeTranscriber:
+    def __init__(self, *texts: str, fail: bool = False) -> None:
+        self.texts = list(texts)
+        self.heard: list[int] = []  # samples of each utterance it was given
+        self.fail = fail
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        self.heard.append(len(audio))
+        if self.fail:
+            raise RuntimeError("injected STT fault")
+        text = self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
+        return Transcript(text, no_speech_prob=0.0, avg_logprob=-0.1, seconds=0.01)
+
+
+class FakeChat:
+    """Streams REPLY word by word; remembers each prompt and whether its stream was cut off."""
+
+    name = "fake"
+    saturated = False
+
+    def __init__(self, reply: str = REPLY, extra: list[ChatEvent] | None = None) -> None:
+        self.reply = reply
+        self.extra = extra or []
+        self.prompts: list[list[Message]] = []
+        self.finished = 0
+
+    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
+        self.prompts.append([dict(m) for m in messages])
+        for event in self.extra:
+            yield event
+        for word in self.reply.split(" "):
+            await asyncio.sleep(0.005)
+            yield TextDelta(word + " ")
+        self.finished += 1
+
+    def report(self) -> dict[str, object]:
+        return {"backend": self.name}
+
+
+class FakeSynthesizer:
+    """Every sentence is 0.6 s of a tone (at 16 kHz, so the resampler really works)."""
+
+    sample_rate = 16000
+
+    def stream(self, text: str) -> Iterator[np.ndarray]:
+        t = np.arange(int(0.6 * self.sample_rate)) / self.sample_rate
+        yield (8000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+
+
+class Twilio:
+    """Plays Twilio's part: keeps what the session sends; the test echoes marks when it wants audio 'played'."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+        self.echoed: set[str] = set()
+
+    async def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    def events(self, kind: str) -> list[dict[str, object]]:
+        return [m for m in self.sent if m["event"] == kind]
+
+    def marks(self, prefix: str = "") -> list[str]:
+        names = [str(m["mark"]["name"]) for m in self.events("mark")]  # type: ignore[index]
+        return [n for n in names if n.startswith(prefix)]
+
+    def play(self, session: CallSession, prefix: str = "", count: int | None = None) -> int:
+        """Echo the marks sent so far (those starting with `prefix`, at most `count`) as played."""
+        todo = [n for n in self.marks(prefix) if n not in self.echoed][:count]
+        for name in todo:
+            self.echoed.add(name)
+            session.handle_mark(name)
+        return len(todo)
+
+
+class Turns(CallObserver):
+    def __init__(self) -> None:
+        self.finished: list[TurnTimings] = []
+
+    def turn_finished(self, timings: TurnTimings) -> None:
+        self.finished.append(timings)
+
+
+PHRASE_TEXT = {"closing": "Thank you for calling. Goodbye!", "apology": "Sorry, could you say that again?",
+               "reprompt": "Are you still there?"}
+
+
+def make_session(settings: Settings, transcriber: FakeTranscriber, chat: FakeChat | None = None,
+                 hang_ups: list[str] | None = None, turn_model: TurnModel | None = None,
+                 ) -> tuple[CallSession, Twilio, Turns]:
+    """A session on fakes; with `turn_model`, its end of turn is judged at pauses (else a fixed silence)."""
+    models = Models(transcriber=transcriber, chat=chat or FakeChat(), synthesizer=FakeSynthesizer(),
+                    load_seconds={}, turn_model=turn_model)
+    phrases = Phrases("en", PHRASE_TEXT, {name: b"\xff" * 1600 for name in PHRASE_TEXT},
+                      "(The caller pressed {digits} on the phone keypad.)")
+    twilio, turns = Twilio(), Turns()
+
+    async def hang_up() -> None:
+        if hang_ups is not None:
+            hang_ups.append("hung up")
+
+    session = CallSession(settings, models, phrases, "CA" + "0" * 32, "MZ1", twilio.send, Observers([turns]),
+                          hang_up)
+    return session, twilio, turns
+
+
+async def speak(session: CallSession, audio: np.ndarray) -> None:
+    """Feed 8 kHz audio as Twilio does: 20 ms mu-law messages (faster than real time; decisions use audio time)."""
+    ulaw = pcm16_to_ulaw(audio)
+    for start in range(0, len(ulaw), 160):
+        await session.handle_media(ulaw[start : start + 160])
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * 8000), dtype=np.int16)
+
+
+async def settle(seconds: float = 0.05) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
+    """Let the session's tasks run until `condition` holds."""
+    for _ in range(int(timeout / 0.005)):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("timed out waiting for the session")
+
+
+async def play_reply(session: CallSession, twilio: Twilio, rounds: int = 300) -> None:
+    """Echo marks until the reply has gone out whole (the sender waits for them)."""
+    for _ in range(rounds):
+        await settle(0.01)
+        twilio.play(session)
+        if not session.agent_speaking:
+            return
+    raise AssertionError("the reply never finished playing")
+
+
+class FakeTurnModel:
+    """Says P(done) = `probability` for every utterance, and keeps how long each was."""
+
+    def __init__(self, probability: float) -> None:
+        self.probability = probability
+        self.heard: list[int] = []
+
+    def probability_done(self, audio_8k: np.ndarray) -> float:
+        self.heard.append(len(audio_8k))
+        return self.probability

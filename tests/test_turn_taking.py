@@ -1,0 +1,240 @@
+"""Ending the turn when the caller is done: the words' cues, the turn model's input, the judged commit.
+
+The unit tests run the session on fakes; the `models` ones run Smart Turn on real recorded speech and whole
+calls through the real server, English and Spanish."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from tests.conftest import FIXTURES, word_error_rate
+from tests.fakes import FakeTranscriber, FakeTurnModel, make_session, play_reply, settle, silence, speak, until
+from tests.helpers import serving, user_turns, wait_for
+from voicepipe.callers import espeak_speech, piper_speech, with_pauses, write_clip
+from voicepipe.config import Settings
+from voicepipe.conversation.judge import unfinished_cue
+from voicepipe.engines.models import Models
+from voicepipe.engines.turn_model import MODEL_RATE, turn_features
+from voicepipe.simulate import CallerTurn, load_audio_8k, simulate_call
+
+CUT_IN_SECONDS = 0.1  # agent audio over the caller's speech for longer than this is a cut-in (less is a fade)
+
+
+@pytest.mark.parametrize(("text", "language", "cue"), [
+    ("Can I have a medium double shot Americano?", "en", ""),
+    ("What's the weather like in New York?", "en", ""),
+    ("Yes, I do.", "en", ""),
+    ("Who is it for?", "en", ""),
+    ("I was born in 1985.", "en", ""),
+    ("Table for 2.", "en", ""),
+    ("Can I have a...", "en", "trailing punctuation"),
+    ("I would like to book a table for", "en", "open word"),
+    ("I would like to book a table for.", "en", "open word"),  # whisper puts a period on fragments
+    ("I need to change it because.", "en", "open word"),
+    ("Um.", "en", "open word"),
+    ("My number is 555", "en", "number"),
+    ("1,0001.", "en", "number"),
+    ("Five five five.", "en", "number"),
+    ("It is spelled B O", "en", "spelling"),
+    ("Unless a system is established.", "en", "condition only"),
+    ("I need it, you know", "en", "open phrase"),
+    ("", "en", "no words"),
+    ("Las luces son muy hermosas.", "es", ""),
+    ("Sí.", "es", ""),
+    ("¿Cuándo abren?", "es", ""),
+    ("Mi número es 12.", "es", ""),
+    # A lone group of three digits may be the start of a longer number: kept open (answered at the maximum
+    # silence instead of cutting in on a number read out in groups).
+    ("Mi número favorito es 268.", "es", "number"),
+    ("Quiero reservar una mesa para", "es", "open word"),
+    ("Una cultura específica de que", "es", "open phrase"),
+    ("Trabajan en conjunto, es decir", "es", "open phrase"),
+    ("Eh.", "es", "open word"),
+    ("Mi número es cinco cinco cinco", "es", "number"),
+])
+def test_the_words_say_whether_a_thought_is_finished(text: str, language: str, cue: str) -> None:
+    assert unfinished_cue(text, language) == cue
+
+
+def test_the_turn_model_hears_16_khz() -> None:
+    # A 1 kHz tone on the phone line must reach the model at 1 kHz: 8 kHz samples taken for 16 kHz ones (the
+    # known pitfall) would put it at 2 kHz.
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    extractor = FeatureExtractor(feature_size=80, sampling_rate=MODEL_RATE)
+    t = np.arange(8000 * 2) / 8000
+    tone = (8000 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
+    features = turn_features(tone, extractor)
+    assert features.shape == (80, 800)
+    peak_bin = int(np.argmax(features[:, -50:].mean(axis=1)))  # the last frames hold the tone (left-padded)
+    fft_hz = np.arange(extractor.mel_filters.shape[1]) * MODEL_RATE / 400
+    peak_hz = float(fft_hz[np.argmax(extractor.mel_filters[peak_bin])])
+    assert 850 <= peak_hz <= 1150, peak_hz
+    assert np.allclose(features[:, :400], features[0, 0])  # 6 s of silence before 2 s of tone: padded on the left
+
+
+async def test_a_caller_who_sounds_done_is_answered_at_the_first_pause(
+    unit_settings: Settings, jfk_clause: np.ndarray
+) -> None:
+    model = FakeTurnModel(0.9)
+    session, twilio, turns = make_session(unit_settings, FakeTranscriber("And so my fellow Americans."),
+                                          turn_model=model)
+    # Only a 300 ms pause, far from the 2 s maximum: no more audio comes, so only the judge can end the turn.
+    await speak(session, np.concatenate([jfk_clause, silence(0.3)]))
+    await play_reply(session, twilio)
+    (timings,) = turns.finished
+    assert timings.end_of_turn == "judged" and timings.turn_probability == 0.9 and timings.turn_cue == ""
+    assert len(model.heard) == 1  # asked once, at the one pause
+    await session.close()
+
+
+@pytest.mark.parametrize(("text", "probability", "cue", "silence_ms", "ended_by"), [
+    ("And so my fellow and", 0.9, "open word", 2000, "max_silence"),  # sounds done, but the words are not
+    ("And so my fellow Americans.", 0.2, "", 550, "silence"),  # the words could end, but it does not sound so
+])
+async def test_a_turn_judged_open_waits_for_a_longer_silence(
+    unit_settings: Settings, jfk_clause: np.ndarray, text: str, probability: float, cue: str, silence_ms: int,
+    ended_by: str
+) -> None:
+    model = FakeTurnModel(probability)
+    session, twilio, turns = make_session(unit_settings, FakeTranscriber(text), turn_model=model)
+    await speak(session, np.concatenate([jfk_clause, silence(0.3)]))
+    await until(lambda: session.judgments)
+    assert not twilio.events("media") and not session.agent_speaking  # judged open: still listening
+    silent_ms = session.turn_taking.clock_ms - session.turn_taking.detector.last_voiced_ms
+    await speak(session, silence((silence_ms - silent_ms - 40) / 1000))
+    await settle()
+    assert not turns.finished and not twilio.events("media")  # 40 ms short of it: not yet...
+    await speak(session, silence(0.1))  # ...but now
+    await play_reply(session, twilio)
+    (timings,) = turns.finished
+    assert timings.end_of_turn == ended_by and timings.turn_probability == probability and timings.turn_cue == cue
+    await session.close()
+
+
+# -- real models ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.models
+def test_smart_turn_tells_a_finished_question_from_a_clause(models: Models, jfk_8k: np.ndarray) -> None:
+    assert models.turn_model is not None
+    question = load_audio_8k(FIXTURES / "en_rhino_coffee_question.wav")
+    done = models.turn_model.probability_done(question[: int(4.6 * 8000)])  # "Can I have a medium ... americano?"
+    # JFK at 7.6 s: "...ask not what your country can do for you," and he goes on.
+    open_clause = models.turn_model.probability_done(jfk_8k[int(5.2 * 8000) : int(7.7 * 8000)])
+    assert done >= 0.5 > open_clause, (done, open_clause)
+
+
+async def turn_stats(url: str, call_sid: str) -> list[dict[str, object]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/stats?call_sid={call_sid}") as response:
+        return list((await response.json())["turns"])
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(("clip", "noise_to_the_end"), [("en_rhino_coffee_question.wav", False),
+                                                       ("en_stp_weather_question.wav", True)])
+async def test_a_complete_question_ends_at_the_first_pause(
+    base_settings: Settings, models: Models, clip: str, noise_to_the_end: bool
+) -> None:
+    async with serving(base_settings, models) as (url, ended):
+        result = await simulate_call(url, [FIXTURES / clip])
+        await wait_for(ended)
+        (turn,) = await turn_stats(url, result.call_sid)
+    assert turn["end_of_turn"] == "judged", turn
+    assert result.turns[0].reply_seconds > 0.3
+    if not noise_to_the_end:  # (the weather clip's background noise is within 35 dB of its peak to its last frame:
+        # the simulator takes all of it for speech, so the agent always seems to answer "over" it)
+        assert result.turns[0].talked_over < CUT_IN_SECONDS
+
+
+@pytest.fixture(scope="module")
+def hesitations(tmp_path_factory: pytest.TempPathFactory, models: Models) -> Path:
+    """Utterances with pauses of 0.6-1.0 s at unfinished thoughts, and one that stops for good."""
+    directory = tmp_path_factory.mktemp("hesitations")
+    voice = models.synthesizer.voice  # type: ignore[attr-defined]
+    table = [piper_speech(voice, "I would like to book a table for"),
+             piper_speech(voice, "four people tomorrow night.")]
+    write_clip(directory / "table.wav", with_pauses(table, [0.8]))
+    number = [piper_speech(voice, "My phone number is five five five", 1.15), piper_speech(voice, "one two three.")]
+    write_clip(directory / "number.wav", with_pauses(number, [1.0]))
+    write_clip(directory / "unfinished.wav", with_pauses(table[:1], []))
+    mesa = [espeak_speech("Quiero reservar una mesa para"), espeak_speech("cuatro personas mañana.")]
+    write_clip(directory / "mesa.wav", with_pauses(mesa, [0.7]))
+    return directory
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(("clip", "said"), [
+    ("table.wav", "I would like to book a table for four people tomorrow night."),
+    ("number.wav", "My phone number is 555 123."),
+])
+async def test_a_pause_at_an_unfinished_thought_is_not_the_end(
+    base_settings: Settings, models: Models, hesitations: Path, clip: str, said: str
+) -> None:
+    async with serving(base_settings, models) as (url, ended):
+        result = await simulate_call(url, [hesitations / clip])
+        await wait_for(ended)
+        turns = await turn_stats(url, result.call_sid)
+    assert result.turns[0].talked_over < CUT_IN_SECONDS  # the agent never spoke while the caller had words to say
+    assert len(turns) == 1 and word_error_rate(said, user_turns(ended[0])[0]) <= 0.25, user_turns(ended[0])
+
+
+@pytest.mark.models
+async def test_a_caller_who_stops_mid_sentence_is_answered_after_the_maximum_silence(
+    base_settings: Settings, models: Models, hesitations: Path
+) -> None:
+    settings = dataclasses.replace(base_settings, max_silence_ms=1500)
+    async with serving(settings, models) as (url, ended):
+        result = await simulate_call(url, [hesitations / "unfinished.wav"])
+        await wait_for(ended)
+        (turn,) = await turn_stats(url, result.call_sid)
+    assert turn["end_of_turn"] == "max_silence" and turn["turn_cue"] == "open word", turn
+    assert result.turns[0].reply_seconds > 0.3  # answered all the same
+
+
+@pytest.mark.models
+async def test_a_spanish_pause_at_a_preposition_is_not_the_end(
+    base_settings: Settings, models: Models, hesitations: Path, spanish_settings_and_models: tuple[Settings, Models]
+) -> None:
+    settings, spanish_models = spanish_settings_and_models
+    async with serving(settings, spanish_models) as (url, ended):
+        result = await simulate_call(url, [hesitations / "mesa.wav"])
+        await wait_for(ended)
+        turns = await turn_stats(url, result.call_sid)
+    assert result.turns[0].talked_over < CUT_IN_SECONDS and len(turns) == 1, turns
+    said = user_turns(ended[0])[0]
+    assert word_error_rate("Quiero reservar una mesa para cuatro personas mañana.", said) <= 0.35, said
+
+
+@pytest.fixture(scope="module")
+def spanish_settings_and_models(base_settings: Settings, models: Models) -> tuple[Settings, Models]:
+    """Spanish on the offline models: the multilingual whisper hears; the English LLM and voice answer."""
+    from voicepipe.engines.stt import WhisperTranscriber
+
+    settings = dataclasses.replace(base_settings, language="es", stt_model="whisper-base")
+    return settings, dataclasses.replace(models, transcriber=WhisperTranscriber(settings.stt_model_path, "es"))
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("sound", ["yeah", "burst"])
+async def test_a_backchannel_or_a_burst_over_a_reply_holds_it_then_it_goes_on(
+    base_settings: Settings, models: Models, tmp_path: Path, jfk_8k: np.ndarray, sound: str
+) -> None:
+    voice = models.synthesizer.voice  # type: ignore[attr-defined]
+    story = with_pauses([piper_speech(voice, "Please tell me a long story about a brave little dragon.")], [])
+    over = piper_speech(voice, "Yeah.") if sound == "yeah" else jfk_8k[int(3.28 * 8000) : int(3.5 * 8000)]
+    script = [write_clip(tmp_path / "story.wav", story),
+              CallerTurn(audio=write_clip(tmp_path / "over.wav", with_pauses([over], [])), interrupt_after=1.0)]
+    async with serving(dataclasses.replace(base_settings, llm_max_tokens=200), models) as (url, ended):
+        result = await simulate_call(url, script)
+        await wait_for(ended)
+        (turn,) = await turn_stats(url, result.call_sid)
+    assert result.cleared >= 1 and turn["false_alarms"] == 1 and not turn["interrupted"], turn  # held, went on
+    history = ended[0].history
+    assert [m["role"] for m in history].count("user") == 1  # the sound was no turn
+    assert not history[-1]["content"].endswith("…"), history[-1]  # the whole reply, as heard
