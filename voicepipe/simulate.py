@@ -91,7 +91,7 @@ class _Playback:
         self.last_audio_at = 0.0
         self.marks: list[str] = []
         self.cleared = 0
-        self.last_clear_at: float | None = None
+        self.clears_at: list[float] = []
         self.underruns = 0
         self.playing: list[tuple[float, float]] = []  # when each piece of audio plays (start, end)
 
@@ -112,7 +112,7 @@ class _Playback:
             self.pending_marks.append((max(self.play_end, now), message["mark"]["name"]))  # type: ignore[index]
         elif event == "clear":
             self.cleared += 1
-            self.last_clear_at = now
+            self.clears_at.append(now)
             # What follows a clear is a new reply: the interrupted one's audio is no longer this turn's.
             self.first_audio_at = None
             self.audio = []
@@ -290,8 +290,9 @@ async def simulate_call(
                     talked_over = playback.played_between(onset_at, speech_end_at) if clip is not None else 0.0
                     first_audio_at, audio, marks, underruns = playback.take()
                     latency = first_audio_at - speech_end_at if first_audio_at is not None else None
-                    cleared = (playback.last_clear_at - onset_at
-                               if playback.cleared > clears_before and playback.last_clear_at is not None else None)
+                    # The first clear after this turn's onset: when the agent stopped (a hold; giving way later
+                    # sends another, to a queue already empty).
+                    cleared = playback.clears_at[clears_before] - onset_at if playback.cleared > clears_before else None
                     results.append(TurnResult(str(turn.audio or f"dtmf {turn.dtmf}"), latency, audio, marks,
                                               underruns, cleared if clip is not None else None, talked_over))
                 if stay_on_line:

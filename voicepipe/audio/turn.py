@@ -57,13 +57,20 @@ class TurnEnded:
 
 
 @dataclass(frozen=True)
+class ShortPause:
+    """A pause after too little speech for words so far (a click, a cough, or a first short word: "Okay, ...")."""
+
+    speech_end_ms: int
+
+
+@dataclass(frozen=True)
 class SpeechDropped:
-    """The utterance was too short to be words (a click, a cough): it ended at its first pause, as no turn."""
+    """The utterance ended too short to be words: no turn."""
 
     at_ms: int
 
 
-TurnEvent = SpeechStarted | Paused | SpeechResumed | TurnEnded | SpeechDropped
+TurnEvent = SpeechStarted | Paused | ShortPause | SpeechResumed | TurnEnded | SpeechDropped
 
 
 class TurnDetector:
@@ -167,9 +174,9 @@ class TurnDetector:
         if silence_ms >= s.end_of_turn_ms:
             return self._end_turn()
         if silence_ms >= s.pause_ms and not self._paused:
-            if self._speech_ms() < s.min_utterance_ms:
-                return self._end_turn()  # too short for words: no need to wait for the end of turn to say so
             self._paused = True
+            if self._speech_ms() < s.min_utterance_ms:
+                return ShortPause(speech_end_ms=self._last_voiced_ms)
             return Paused(audio=np.concatenate(self._utterance), speech_end_ms=self._last_voiced_ms)
         return None
 

@@ -18,6 +18,9 @@ from voicepipe.conversation.speaker import Speaker
 log = logging.getLogger(__name__)
 
 CUT_IN_WINDOW_MS = 1000  # the caller speaking again this soon after their turn was taken: they were not done
+# A false alarm resumes the reply once the caller has been quiet this long: a short word over the agent ("but",
+# "yeah") is often the start of more, and resuming into it would talk over them again.
+RESUME_AFTER_SILENCE_MS = 600
 
 Spawn = Callable[[Coroutine[Any, Any, Any], str], "asyncio.Task[Any]"]
 
@@ -31,6 +34,7 @@ class Floor:
         self.turn_taking = turn_taking
         self._spawn = spawn
         self.reply: Reply | None = None  # the committed reply, while it is produced or played
+        self._resume_at_ms: int | None = None  # audio time a false alarm's resume is due
 
     @property
     def agent_speaking(self) -> bool:
@@ -46,9 +50,11 @@ class Floor:
     def take(self, reply: Reply) -> None:
         """A committed reply has the floor now."""
         self.reply = reply
+        self._resume_at_ms = None
 
     def note_caller_onset(self, onset_ms: int) -> None:
         """The caller began speaking: if the agent has just taken their turn and begun, that was a cut-in."""
+        self.caller_went_on()
         reply = self.reply
         if (reply is not None and reply.speech_end_ms is not None and reply.timings.voice_to_voice is not None
                 and onset_ms - reply.speech_end_ms < CUT_IN_WINDOW_MS):
@@ -69,6 +75,21 @@ class Floor:
         agent_text = " ".join(s.text for s in self.reply.sentences[-2:]) if self.reply is not None else ""
         return self.phrases.is_false_alarm(text, agent_text)
 
+    def caller_went_on(self) -> None:
+        """They speak again: whether it was a false alarm, their words will say."""
+        self._resume_at_ms = None
+
+    def resume_when_quiet(self, speech_end_ms: int) -> None:
+        """A false alarm: the reply goes on once the caller has been quiet for a moment after `speech_end_ms`."""
+        self._resume_at_ms = speech_end_ms + RESUME_AFTER_SILENCE_MS
+
+    def tick(self, clock_ms: int, caller_speaking: bool) -> None:
+        """Audio time went on: resume now if a false alarm's moment has come."""
+        if self._resume_at_ms is not None and clock_ms >= self._resume_at_ms and not caller_speaking:
+            self._resume_at_ms = None
+            if self.held:
+                self.resume()
+
     def resume(self) -> None:
         if self.reply is not None:
             self.reply.timings.false_alarms += 1
@@ -78,6 +99,7 @@ class Floor:
     async def give_way(self) -> None:
         """The caller takes the turn: drop what was queued or held, stop the reply, keep what was heard."""
         self.turn_taking.agent_yielded()
+        self._resume_at_ms = None
         reply, self.reply = self.reply, None
         if reply is not None:
             reply.stop()

@@ -35,10 +35,17 @@ def _words(text: str) -> list[str]:
     return re.sub(r"[^\w\s']", " ", text.lower().replace("-", " ")).split()
 
 
+def _hum(word: str) -> bool:
+    """ "mmm", "hmm", "mhm": a closed-mouth sound, however whisper spells it."""
+    return len(word) >= 2 and set(word) <= {"m", "h"}
+
+
 def is_backchannel(text: str, language: str) -> bool:
     """ "Mm-hmm.", "Yeah, yeah.", "Sí, vale.": every piece of the turn is a listener's sound."""
-    pieces = [p for p in re.split(r"[,.!?;…]+", text.lower().replace("-", " ")) if p.strip()]
-    return bool(pieces) and all(" ".join(_words(p)) in BACKCHANNELS[language] for p in pieces)
+    pieces = [_words(p) for p in re.split(r"[,.!?;…]+", text.lower().replace("-", " "))]
+    pieces = [words for words in pieces if words]
+    return bool(pieces) and all(" ".join(words) in BACKCHANNELS[language] or all(_hum(w) for w in words)
+                                for words in pieces)
 
 
 def is_echo(text: str, agent_text: str) -> bool:

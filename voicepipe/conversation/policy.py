@@ -15,6 +15,7 @@ import numpy as np
 
 from voicepipe.audio.turn import (
     Paused,
+    ShortPause,
     SpeechDropped,
     SpeechResumed,
     SpeechStarted,
@@ -51,7 +52,9 @@ class CommitTurn:
 
 @dataclass(frozen=True)
 class FalseStart:
-    """What began as speech was too short for words (a click, a cough)."""
+    """What began as speech is, so far, too short for words (a click, a cough; or a first short word)."""
+
+    speech_end_ms: int
 
 
 Decision = CallerStarted | Speculate | DropSpeculation | CommitTurn | FalseStart
@@ -91,7 +94,7 @@ class TurnTaking:
         events = self.detector.feed(samples)
         self._arrivals.append((self.detector.clock_ms, time.perf_counter()))
         for event in events:
-            if isinstance(event, (SpeechStarted, SpeechResumed, TurnEnded, SpeechDropped)):
+            if isinstance(event, (SpeechStarted, SpeechResumed, TurnEnded, SpeechDropped)):  # a new moment
                 self._end_at_silence_ms = None
             if isinstance(event, SpeechStarted):
                 self.onset_ms = event.at_ms
@@ -105,8 +108,8 @@ class TurnTaking:
             elif isinstance(event, TurnEnded):
                 by = "max_silence" if self.judged else "silence"
                 decisions.append(CommitTurn(event.audio, event.speech_end_ms, by))
-            elif isinstance(event, SpeechDropped):
-                decisions.append(FalseStart())
+            elif isinstance(event, ShortPause):
+                decisions.append(FalseStart(event.speech_end_ms))
         detector = self.detector
         if (self._end_at_silence_ms is not None and detector.paused
                 and detector.clock_ms - detector.last_voiced_ms >= self._end_at_silence_ms):

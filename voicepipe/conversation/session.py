@@ -130,19 +130,21 @@ class CallSession:
             if isinstance(decision, CallerStarted):
                 self.silence.activity(time.monotonic())
                 self.floor.note_caller_onset(decision.onset_ms)
-            elif isinstance(decision, DropSpeculation):
+            elif isinstance(decision, DropSpeculation):  # the caller went on speaking
                 self._drop_speculation()
+                self.floor.caller_went_on()
             elif isinstance(decision, Speculate):
                 self._speculative = self._start_reply(decision.audio, decision.speech_end_ms, speculative=True)
                 if self.judge is not None or self.floor.held:
                     self._judging = self._spawn(self._at_pause(self._speculative, decision), "pause")
             elif isinstance(decision, FalseStart):
                 if self.floor.held:
-                    self.floor.resume()
+                    self.floor.resume_when_quiet(decision.speech_end_ms)
             elif isinstance(decision, CommitTurn):
                 self.silence.activity(time.monotonic())
                 self._stop_judging()
                 await self._end_turn(decision)
+        self.floor.tick(self.turn_taking.clock_ms, self.turn_taking.caller_speaking)
         if self.turn_taking.interrupts(self.agent_speaking and not self.floor.held):
             await self.floor.hold()
 
@@ -241,7 +243,7 @@ class CallSession:
             return True  # they spoke again meanwhile: the next pause decides
         self._judging = None  # this task: not to be cancelled by dropping the speculation it belongs to
         self._drop_speculation()  # not a turn: no answer, nothing in the history
-        self.floor.resume()
+        self.floor.resume_when_quiet(pause.speech_end_ms)
         return True
 
     # -- silences and the end of the call -----------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,16 @@ def fetch_command(settings: Settings) -> str:
 
 class ModelFileError(RuntimeError):
     """A model file is missing or unreadable; the message names it and the command that fetches it."""
+
+
+@contextlib.contextmanager
+def loading(settings: Settings, what: str, path: Path, errors: tuple[type[Exception], ...] = (Exception,),
+            ) -> Iterator[None]:
+    """Turn a runtime's failure to read a model file (each raises its own kind) into a ModelFileError."""
+    try:
+        yield
+    except errors as exc:
+        raise ModelFileError(f"cannot load {what} {path}: {exc}. Re-fetch: {fetch_command(settings)}") from exc
 
 
 @dataclass
@@ -98,7 +110,8 @@ def resolve_device(settings: Settings) -> str:
 
 def load_local_chat(settings: Settings, device: str = "cpu") -> LlamaChat:
     _require(settings, settings.llm_model_path, "VOICEPIPE_LLM_MODEL", "GGUF chat model")
-    try:
+    # llama-cpp-python raises ValueError for unreadable GGUF files.
+    with loading(settings, "GGUF model", settings.llm_model_path, (ValueError,)):
         chat = LlamaChat(
             settings.llm_model_path,
             n_ctx=settings.llm_context,
@@ -108,9 +121,6 @@ def load_local_chat(settings: Settings, device: str = "cpu") -> LlamaChat:
             instances=settings.llm_instances,
             n_gpu_layers=-1 if device == "cuda" else 0,  # every layer on the GPU
         )
-    except ValueError as exc:  # llama-cpp-python raises ValueError for unreadable GGUF files
-        raise ModelFileError(f"cannot load GGUF model {settings.llm_model_path}: {exc}. "
-                             f"Re-fetch: {fetch_command(settings)}") from exc
     chat.warm(settings.system_prompt)
     return chat
 
@@ -145,14 +155,11 @@ def load_models(settings: Settings) -> Models:
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
-    try:
+    with loading(settings, "whisper model", settings.stt_model_path, (RuntimeError,)):
         transcriber = WhisperTranscriber(
             settings.stt_model_path, settings.language, device=device,
             compute_type="float16" if device == "cuda" else "int8", cpu_threads=settings.stt_threads,
         )
-    except RuntimeError as exc:
-        raise ModelFileError(f"cannot load whisper model {settings.stt_model_path}: {exc}. "
-                             f"Re-fetch: {fetch_command(settings)}") from exc
     transcriber.transcribe(np.zeros(8000, dtype=np.int16))  # first encode allocates buffers
     seconds["stt"] = time.perf_counter() - started
 
@@ -161,11 +168,8 @@ def load_models(settings: Settings) -> Models:
     seconds["llm"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    try:
+    with loading(settings, "Piper voice", settings.tts_voice_path):
         synthesizer = PiperSynthesizer(settings.tts_voice_path, use_cuda=device == "cuda")
-    except Exception as exc:  # onnxruntime raises its own exception types for a corrupt file
-        raise ModelFileError(f"cannot load Piper voice {settings.tts_voice_path}: {exc}. "
-                             f"Re-fetch: {fetch_command(settings)}") from exc
     synthesize(synthesizer, "Hello.")
     seconds["tts"] = time.perf_counter() - started
 
@@ -174,11 +178,8 @@ def load_models(settings: Settings) -> Models:
     turn_model = None
     if settings.turn_model_path is not None:
         started = time.perf_counter()
-        try:
+        with loading(settings, "end-of-turn model", settings.turn_model_path):
             turn_model = SmartTurn(settings.turn_model_path, use_cuda=device == "cuda")
-        except Exception as exc:  # onnxruntime raises its own exception types for a corrupt file
-            raise ModelFileError(f"cannot load the end-of-turn model {settings.turn_model_path}: {exc}. "
-                                 f"Re-fetch: {fetch_command(settings)}") from exc
         turn_model.probability_done(np.zeros(8000, dtype=np.int16))  # first run allocates
         seconds["turn"] = time.perf_counter() - started
 
