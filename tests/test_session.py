@@ -5,9 +5,6 @@ and synthesis are fakes, so that each test runs in well under a second and says 
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,7 +12,6 @@ from tests.fakes import (
     PHRASE_TEXT,
     REPLY,
     FakeChat,
-    FakeSynthesizer,
     FakeTranscriber,
     Twilio,
     make_session,
@@ -30,7 +26,6 @@ from voicepipe.conversation import session as session_module
 from voicepipe.conversation.events import CallObserver
 from voicepipe.conversation.session import CallSession
 from voicepipe.engines.llm import ToolCall
-from voicepipe.engines.stt import Transcript
 
 
 async def test_a_speculative_reply_plays_only_once_the_turn_ends(
@@ -200,18 +195,6 @@ async def test_a_tool_call_without_tools_is_ignored_and_the_text_still_spoken(
     await play_reply(session, twilio)
     assert session.history[-1]["content"] == REPLY
     await session.close()
-
-
-def test_fake_engines_match_the_seams() -> None:
-    # The fakes stand in for the real engines only as long as they have the same shape.
-    from voicepipe.engines.llm import ChatBackend
-    from voicepipe.engines.stt import Transcriber
-    from voicepipe.engines.tts import Synthesizer
-
-    chat: ChatBackend = FakeChat()
-    stt: Transcriber = FakeTranscriber("x")
-    tts: Synthesizer = FakeSynthesizer()
-    assert chat and stt and tts and dataclasses.is_dataclass(Transcript) and Path(__file__).exists()
 
 
 async def test_a_short_word_then_more_words_is_an_interruption_not_a_false_alarm(
