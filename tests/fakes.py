@@ -108,6 +108,15 @@ PHRASE_TEXT = {"closing": "Thank you for calling. Goodbye!", "apology": "Sorry, 
                "reprompt": "Are you still there?"}
 
 
+def fake_models(transcriber: FakeTranscriber | None = None, chat: FakeChat | None = None) -> Models:
+    """Fake engines behind the real Silero VAD (it ships inside faster-whisper): for a server on a real port whose
+    test is about the server, not the models."""
+    from voicepipe.audio.vad import load_silero
+
+    return Models(transcriber=transcriber or FakeTranscriber("Hello there."), chat=chat or FakeChat(),
+                  synthesizer=FakeSynthesizer(), load_seconds={}, silero=load_silero())
+
+
 def make_session(settings: Settings, transcriber: FakeTranscriber, chat: FakeChat | None = None,
                  hang_ups: list[str] | None = None, turn_model: TurnModel | None = None,
                  ) -> tuple[CallSession, Twilio, Turns]:

@@ -25,6 +25,11 @@ FROM = "+15550001111"
 TO = "+15557654321"
 
 
+def call_sid(n: int) -> str:
+    """A CallSid of Twilio's shape (the server refuses any other)."""
+    return f"CA{n:032x}"
+
+
 def free_port() -> int:
     """A port nothing listens on (for a subprocess server, or a server that must be absent)."""
     with socket.socket() as probe:

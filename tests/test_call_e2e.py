@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import FIXTURES, JFK_TRANSCRIPT, word_error_rate, words
-from tests.helpers import serving, user_turns, wait_for, with_turn
+from tests.helpers import call_sid, serving, user_turns, wait_for, with_turn
 from voicepipe.config import Settings
 from voicepipe.engines.models import Models
 from voicepipe.simulate import CallerTurn, simulate_call
@@ -71,12 +71,12 @@ async def test_a_hesitation_is_not_the_end_of_the_turn(
 async def test_webhooks_and_health(base_settings: Settings, models: Models) -> None:
     settings = dataclasses.replace(base_settings, webhook_url="https://example.ngrok.app")
     async with serving(settings, models) as (url, _), aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/voice", data={"CallSid": "CA1"}) as response:
+        async with http.post(f"{url}/voice", data={"CallSid": call_sid(1)}) as response:
             twiml = await response.text()
             assert response.content_type == "application/xml"
         assert '<Stream url="wss://example.ngrok.app/media">' in twiml
         assert '<Parameter name="voicepipe_token" value="' in twiml
-        async with http.post(f"{url}/status", data={"CallSid": "CA1", "CallStatus": "ringing"}) as response:
+        async with http.post(f"{url}/status", data={"CallSid": call_sid(1), "CallStatus": "ringing"}) as response:
             assert response.status == 204
         async with http.get(f"{url}/healthz") as response:
             assert response.status == 200
@@ -89,7 +89,7 @@ async def test_a_broken_stream_ends_alone(base_settings: Settings, models: Model
         closes = []
         for frames in (["{not json"], [json.dumps({"event": "media", "streamSid": "MZ9", "media": {"payload": "/w=="}})],
                        [json.dumps({"event": "start", "streamSid": "MZ9", "start": {
-                           "streamSid": "MZ9", "callSid": "CA9", "customParameters": {"voicepipe_token": "forged"}}})]):
+                           "streamSid": "MZ9", "callSid": call_sid(9), "customParameters": {"voicepipe_token": "forged"}}})]):
             async with http.ws_connect(f"{url.replace('http', 'ws')}/media") as ws:
                 for frame in frames:
                     await ws.send_str(frame)
@@ -137,9 +137,9 @@ async def test_naive_mode_answers_too(base_settings: Settings, models: Models, s
 async def test_calls_above_the_maximum_hear_a_busy_message(base_settings: Settings, models: Models) -> None:
     settings = dataclasses.replace(base_settings, max_calls=1)
     async with serving(settings, models) as (url, _), aiohttp.ClientSession() as http:
-        async with http.post(f"{url}/voice", data={"CallSid": "CA1"}) as response:
+        async with http.post(f"{url}/voice", data={"CallSid": call_sid(1)}) as response:
             assert "<Connect>" in await response.text()
-        async with http.post(f"{url}/voice", data={"CallSid": "CA2"}) as response:
+        async with http.post(f"{url}/voice", data={"CallSid": call_sid(2)}) as response:
             busy = await response.text()
     assert "<Connect>" not in busy
     assert '<Say language="en-US" voice="Polly.Joanna">Sorry, all our lines are busy' in busy and "<Hangup />" in busy

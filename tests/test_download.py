@@ -84,8 +84,12 @@ def hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
     loop.run_until_complete(runner.cleanup())
 
 
+PINS = {"weights.bin": sha256(WEIGHTS), "config.json": sha256(CONFIG)}
+
+
 def hub_manifest(pins: dict[str, str] | None = None) -> dict[str, Any]:
-    pins = pins or {}
+    """The test model, pinned as every hub model must be (`pins` replaces the true ones)."""
+    pins = PINS if pins is None else pins
     return {"presets": {}, "models": {"tiny": {
         "files": {name: ({"sha256": pins[name]} if name in pins else {}) for name in ("weights.bin", "config.json")},
         "hub": {"repo": "org/model", "revision": "main", "prefix": "sub/"},
@@ -123,7 +127,31 @@ def test_a_bad_download_never_passes_as_a_model(hub: FakeHub, tmp_path: Path, fa
 
 def test_a_manifest_pin_wins_over_the_hub(hub: FakeHub, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="does not match the manifest"):
-        download(["tiny"], tmp_path, "hub", manifest=hub_manifest({"weights.bin": "0" * 64}))
+        download(["tiny"], tmp_path, "hub", manifest=hub_manifest({**PINS, "weights.bin": "0" * 64}))
+
+
+def test_an_unpinned_hub_file_needs_the_operators_word(hub: FakeHub, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(DownloadError, match="no sha256 pin.*--unpinned"):
+        download(["tiny"], tmp_path, "hub", manifest=hub_manifest({}))
+    assert hub.gets == []  # refused before anything was fetched
+    download(["tiny"], tmp_path, "hub", manifest=hub_manifest({}), unpinned=True)  # the hub's hashes, checked
+    assert (tmp_path / "tiny" / "weights.bin").read_bytes() == WEIGHTS
+    printed = capsys.readouterr().out
+    assert f'"sha256": "{sha256(WEIGHTS)}"' in printed and f'"sha256": "{sha256(CONFIG)}"' in printed
+
+
+def test_a_corrupt_file_fails_its_hub_hash_when_unpinned(hub: FakeHub, tmp_path: Path) -> None:
+    hub.corrupt.add("sub/weights.bin")
+    with pytest.raises(DownloadError, match="does not match the hub"):
+        download(["tiny"], tmp_path, "hub", manifest=hub_manifest({}), unpinned=True)
+
+
+def test_the_hub_is_reached_over_https_only(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://hub.example.com")
+    with pytest.raises(DownloadError, match="HF_ENDPOINT.*https://"):
+        download(["tiny"], tmp_path, "hub", manifest=hub_manifest())
+    assert hub.gets == []
 
 
 def test_missing_file_on_the_hub_names_it(hub: FakeHub, tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from twilio.request_validator import RequestValidator
 
-from tests.helpers import assert_logs_hold_no_words, serving, wait_for
-from voicepipe.config import ConfigError, Settings
+from tests.helpers import assert_logs_hold_no_words, call_sid, serving, wait_for
+from voicepipe.config import ConfigError, Settings, load_settings
 from voicepipe.engines.models import Models
 from voicepipe.service.app import check_exposure
 from voicepipe.service.records import SqliteCallRecords
@@ -32,14 +32,14 @@ def sign(url: str, params: dict[str, str], token: str = TOKEN) -> dict[str, str]
 
 @pytest.mark.models
 async def test_webhooks_need_a_valid_signature(base_settings: Settings, models: Models) -> None:
-    form = {"CallSid": "CA1", "CallStatus": "ringing"}
+    form = {"CallSid": call_sid(1), "CallStatus": "ringing"}
     async with serving(signed(base_settings), models) as (url, _), aiohttp.ClientSession() as http:
         for path in ("/voice", "/status"):
             cases = {
                 "missing": {},
                 "wrong token": sign(f"{PUBLIC}{path}", form, token="0" * 32),
                 "wrong url": sign(f"{url}{path}", form),
-                "other params": sign(f"{PUBLIC}{path}", {**form, "CallSid": "CA2"}),
+                "other params": sign(f"{PUBLIC}{path}", {**form, "CallSid": call_sid(2)}),
             }
             for case, headers in cases.items():
                 async with http.post(f"{url}{path}", data=form, headers=headers) as response:
@@ -58,11 +58,11 @@ async def test_the_stream_needs_a_signed_upgrade_and_a_fresh_token(base_settings
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(ws_url, headers=headers)
             assert refused.value.status == 403
-        form = {"CallSid": "CA7"}
+        form = {"CallSid": call_sid(7)}
         async with http.post(f"{url}/voice", data=form, headers=sign(f"{PUBLIC}/voice", form)) as response:
             token = (await response.text()).split('name="voicepipe_token" value="')[1].split('"')[0]
         start = {"event": "start", "streamSid": "MZ7", "start": {
-            "streamSid": "MZ7", "callSid": "CA7", "customParameters": {"voicepipe_token": token}}}
+            "streamSid": "MZ7", "callSid": call_sid(7), "customParameters": {"voicepipe_token": token}}}
         closes = []
         for _ in range(2):  # the second stream replays the token
             async with http.ws_connect(ws_url, headers=sign("wss://voice.example.ngrok.app/media", {})) as ws:
@@ -70,7 +70,7 @@ async def test_the_stream_needs_a_signed_upgrade_and_a_fresh_token(base_settings
                 message = await ws.receive(timeout=3)
                 if message.type == aiohttp.WSMsgType.TEXT:  # the greeting: the stream was accepted
                     closes.append("accepted")
-                    await ws.send_str(json.dumps({"event": "stop", "streamSid": "MZ7", "stop": {"callSid": "CA7"}}))
+                    await ws.send_str(json.dumps({"event": "stop", "streamSid": "MZ7", "stop": {"callSid": call_sid(7)}}))
                 else:
                     closes.append(ws.close_code)
     assert closes == ["accepted", 1008]
@@ -84,14 +84,23 @@ async def test_a_signed_call_works_end_to_end(base_settings: Settings, models: M
     assert result.turns[0].voice_to_voice is not None
 
 
-def test_unsigned_mode_stays_on_loopback(base_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+def test_unsigned_mode_stays_on_this_machine(base_settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
         check_exposure(base_settings, "127.0.0.1")
     assert "TWILIO_AUTH_TOKEN is not set" in caplog.text
-    with pytest.raises(ConfigError, match="VOICEPIPE_ALLOW_UNSIGNED"):
+    with pytest.raises(ConfigError, match="VOICEPIPE_UNSAFE_ALLOW_UNSIGNED"):
         check_exposure(base_settings, "0.0.0.0")
-    check_exposure(dataclasses.replace(base_settings, allow_unsigned=True), "0.0.0.0")
+    # A tunnel reaches loopback too: with WEBHOOK_URL set, unsigned mode would be open to the internet.
+    tunnelled = dataclasses.replace(base_settings, webhook_url=PUBLIC)
+    with pytest.raises(ConfigError, match="WEBHOOK_URL without TWILIO_AUTH_TOKEN"):
+        check_exposure(tunnelled, "127.0.0.1")
+    unsafe = dataclasses.replace(tunnelled, unsafe_allow_unsigned=True)
+    with caplog.at_level(logging.WARNING):
+        check_exposure(unsafe, "0.0.0.0")
+    assert "anyone who can reach this server can open calls" in caplog.text
     check_exposure(signed(base_settings), "0.0.0.0")
+    with pytest.raises(ConfigError, match="renamed VOICEPIPE_UNSAFE_ALLOW_UNSIGNED"):
+        load_settings({"VOICEPIPE_ALLOW_UNSIGNED": "1"}, env_file=None)
 
 
 @pytest.mark.models

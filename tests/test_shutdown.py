@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import call_sid, free_port
 from voicepipe.simulate import simulate_call
 
 pytestmark = pytest.mark.models
@@ -39,7 +39,7 @@ async def test_sigterm_refuses_new_calls_says_goodbye_and_exits_cleanly(tmp_path
             await asyncio.sleep(4.0)  # the greeting has played; the caller is on the line
             server.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)
-            async with http.post(f"{url}/voice", data={"CallSid": "CA2"}) as response:
+            async with http.post(f"{url}/voice", data={"CallSid": call_sid(2)}) as response:
                 busy = await response.text()
             result = await asyncio.wait_for(call, 30)
         exit_code = server.wait(timeout=30)

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.helpers import serving, user_turns, wait_for
+from tests.helpers import call_sid, serving, user_turns, wait_for
 from voicepipe.config import Settings
 from voicepipe.engines.models import Models
 from voicepipe.simulate import CallRefused, simulate_call
@@ -30,13 +30,13 @@ SILENT_FRAME = base64.b64encode(b"\xff" * 160).decode()
 
 async def open_stream(http: aiohttp.ClientSession, url: str, name: str) -> aiohttp.ClientWebSocketResponse:
     """A stream opened the way Twilio opens one: /voice first, then `start` with the call token."""
-    async with http.post(f"{url}/voice", data={"CallSid": f"CA{name}"}) as response:
+    async with http.post(f"{url}/voice", data={"CallSid": call_sid(int(name, 36))}) as response:
         stream = ET.fromstring(await response.text()).find("./Connect/Stream")
     assert stream is not None
     params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
     ws = await http.ws_connect(f"{url.replace('http', 'ws')}/media")
     await ws.send_str(json.dumps({"event": "start", "streamSid": f"MZ{name}", "start": {
-        "streamSid": f"MZ{name}", "callSid": f"CA{name}", "customParameters": params}}))
+        "streamSid": f"MZ{name}", "callSid": call_sid(int(name, 36)), "customParameters": params}}))
     return ws
 
 

@@ -100,17 +100,20 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(f"call {call_sid}: placed to {to}" + (" (one-way message)" if twiml else ""))
     records = SqliteCallRecords(settings.data_dir)
-    records.call_offered(call_sid, "outbound-message" if twiml else "outbound-api", settings.twilio_phone_number, to,
-                         settings.language)
-    if args.no_follow:
-        return 0
+    try:
+        records.call_offered(call_sid, "outbound-message" if twiml else "outbound-api", settings.twilio_phone_number,
+                             to, settings.language)
+        if args.no_follow:
+            return 0
 
-    def report(status: str) -> None:
-        records.status(call_sid, status, None)
-        print(f"call {call_sid}: {status}", flush=True)
+        def report(status: str) -> None:
+            records.status(call_sid, status, None)
+            print(f"call {call_sid}: {status}", flush=True)
 
-    final = follow_call(settings, call_sid, report, client=client, interval=args.poll)
-    return 0 if final == "completed" else 1
+        final = follow_call(settings, call_sid, report, client=client, interval=args.poll)
+        return 0 if final == "completed" else 1
+    finally:
+        records.close()  # the queued writes go in first
 
 
 def _calls(args: argparse.Namespace, settings: Settings) -> int:

@@ -132,7 +132,9 @@ class Settings:
     silence_reprompt_s: float = 10.0  # caller silent this long: "are you still there?"
     silence_hangup_s: float = 10.0  # and this long again after the reprompt: goodbye and hang up
     max_call_s: float = 900.0
-    allow_unsigned: bool = False  # listen beyond loopback without TWILIO_AUTH_TOKEN (not recommended)
+    # Without TWILIO_AUTH_TOKEN, serve requests from anywhere: beyond loopback, through WEBHOOK_URL's tunnel, with
+    # forwarding headers. Anyone who finds the URL can then run the models and hold every call slot.
+    unsafe_allow_unsigned: bool = False
     shutdown_grace_s: float = 30.0  # on SIGTERM, active calls get this long before the agent says goodbye
     turn: TurnSettings = field(default_factory=TurnSettings)
     log_level: str = "INFO"
@@ -218,6 +220,19 @@ def _language(raw: str) -> tuple[str, str]:
     return base, say
 
 
+LOOPBACK_HOSTNAMES = ("127.0.0.1", "::1", "localhost")
+
+
+def check_secure_url(name: str, url: str) -> None:
+    """https://, or http:// to this machine only (a local test server): credentials and models travel over it."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTNAMES:
+        return
+    raise ConfigError(f"{name}={url!r} must be an https:// URL (http:// only to 127.0.0.1 or localhost)")
+
+
 def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | None = Path(".env")) -> Settings:
     """Read settings: real environment variables win over the .env file."""
     env: dict[str, str] = {}
@@ -235,8 +250,11 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     language, say_language = _language(env.get("VOICEPIPE_LANGUAGE", "en"))
     stt_default, llm_default, tts_default = DEFAULT_MODELS[language]
     twilio_api_url = env.get("VOICEPIPE_TWILIO_API_URL", "").strip().rstrip("/")
-    if twilio_api_url and urlsplit(twilio_api_url).scheme not in ("http", "https"):
-        raise ConfigError(f"VOICEPIPE_TWILIO_API_URL={twilio_api_url!r} must be an http(s):// URL")
+    if twilio_api_url:
+        check_secure_url("VOICEPIPE_TWILIO_API_URL", twilio_api_url)  # the auth token travels with each request
+    if _bool(env, "VOICEPIPE_ALLOW_UNSIGNED", False):
+        raise ConfigError("VOICEPIPE_ALLOW_UNSIGNED was renamed VOICEPIPE_UNSAFE_ALLOW_UNSIGNED: unsigned mode now "
+                          "answers only local requests, and the new name lets anyone who reaches the server in")
     llm_backend = env.get("VOICEPIPE_LLM_BACKEND", "local").strip().lower() or "local"
     if llm_backend not in LLM_BACKENDS:
         raise ConfigError(f"VOICEPIPE_LLM_BACKEND={llm_backend!r} must be one of: {', '.join(LLM_BACKENDS)}")
@@ -324,7 +342,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         silence_reprompt_s=_float(env, "VOICEPIPE_SILENCE_REPROMPT_S", Settings.silence_reprompt_s, 1.0, 3600.0),
         silence_hangup_s=_float(env, "VOICEPIPE_SILENCE_HANGUP_S", Settings.silence_hangup_s, 1.0, 3600.0),
         max_call_s=_float(env, "VOICEPIPE_MAX_CALL_S", Settings.max_call_s, 10.0, 86400.0),
-        allow_unsigned=_bool(env, "VOICEPIPE_ALLOW_UNSIGNED", False),
+        unsafe_allow_unsigned=_bool(env, "VOICEPIPE_UNSAFE_ALLOW_UNSIGNED", False),
         shutdown_grace_s=_float(env, "VOICEPIPE_SHUTDOWN_GRACE_S", Settings.shutdown_grace_s, 0.0, 3600.0),
         turn=turn,
         log_level=log_level,

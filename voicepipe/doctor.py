@@ -177,9 +177,10 @@ def check_llm_server(settings: Settings) -> list[Finding]:
         return []
     from openai import OpenAIError
 
+    from voicepipe.engines.llm_backends import server_host
     from voicepipe.engines.models import server_chat
 
-    where = settings.openai_base_url or "OpenAI"
+    where = server_host(settings.openai_base_url) if settings.openai_base_url else "OpenAI"
     try:
         served = asyncio.run(server_chat(settings).served_models(HTTP_TIMEOUT))
     except OpenAIError as exc:

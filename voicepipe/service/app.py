@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import AsyncIterator
 
 from aiohttp import WSCloseCode, web
@@ -13,10 +12,11 @@ from aiohttp import WSCloseCode, web
 from voicepipe.config import ConfigError, Settings
 from voicepipe.conversation.phrases import prepare_phrases
 from voicepipe.engines.models import Models, load_models
+from voicepipe.service.access import guard, is_loopback, require_operator
 from voicepipe.service.media import media
 from voicepipe.service.records import SqliteCallRecords
 from voicepipe.service.state import SERVICE, Service
-from voicepipe.service.webhooks import require_twilio_signature, status, voice
+from voicepipe.service.webhooks import status, voice
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +42,16 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def require_metrics_token(request: web.Request) -> None:
-    """With VOICEPIPE_METRICS_TOKEN set, the numbers are for those who hold it (the tunnel makes them public)."""
-    token = request.app[SERVICE].settings.metrics_token
-    given = request.headers.get("Authorization", "").encode("utf-8", "replace")
-    if token and not secrets.compare_digest(given, f"Bearer {token}".encode()):
-        raise web.HTTPUnauthorized(text="Authorization: Bearer <VOICEPIPE_METRICS_TOKEN> required\n")
-
-
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition: active calls, calls by outcome, stage latency histograms, fallbacks, errors."""
-    require_metrics_token(request)
+    require_operator(request)
     return web.Response(body=request.app[SERVICE].metrics.exposition(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
 async def stats(request: web.Request) -> web.Response:
     """Recent per-turn timings (numbers only, no content), newest last; ?call_sid= filters."""
-    require_metrics_token(request)
+    require_operator(request)
     call_sid = request.query.get("call_sid")
     turns = [t.as_dict() for t in request.app[SERVICE].recent_turns if call_sid is None or t.call_sid == call_sid]
     return web.json_response({"turns": turns})
@@ -72,13 +64,15 @@ async def _close_sockets(app: web.Application) -> None:
 
 def create_app(settings: Settings, models: Models | None = None) -> web.Application:
     """Build the app; without `models`, they are loaded (and warmed) before the server accepts calls."""
-    app = web.Application(client_max_size=64 * 1024, middlewares=[require_twilio_signature])
+    app = web.Application(client_max_size=64 * 1024, middlewares=[guard])
     service = app[SERVICE] = Service(settings)
 
     async def records_ctx(app: web.Application) -> AsyncIterator[None]:
-        service.records = SqliteCallRecords(settings.data_dir)
+        records = SqliteCallRecords(settings.data_dir, on_error=lambda kind: service.metrics.error("records", kind))
+        records.close_interrupted()
+        service.records = records
         yield
-        service.records.close()
+        await asyncio.to_thread(records.close)  # what is still queued is written first
 
     async def models_ctx(app: web.Application) -> AsyncIterator[None]:
         service.models = models if models is not None else await asyncio.to_thread(load_models, settings)
@@ -97,20 +91,26 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     return app
 
 
-LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-
-
 def check_exposure(settings: Settings, host: str) -> None:
-    """Without TWILIO_AUTH_TOKEN anyone could place "calls" into the models: say so, and stay on loopback
-    (where a tunnel still reaches us) unless the operator says otherwise."""
+    """Without TWILIO_AUTH_TOKEN anyone could place "calls" into the models: unsigned mode stays on this machine
+    (a loopback listener, no WEBHOOK_URL, and access.guard refuses forwarded requests) unless the operator
+    says VOICEPIPE_UNSAFE_ALLOW_UNSIGNED=1."""
     if settings.twilio_auth_token:
         return
-    log.warning("TWILIO_AUTH_TOKEN is not set: requests are NOT checked for Twilio's signature; "
-                "anyone who can reach this server can open calls. Set TWILIO_AUTH_TOKEN in production.")
-    if host not in LOOPBACK_HOSTS and not settings.allow_unsigned:
+    if settings.unsafe_allow_unsigned:
+        log.warning("VOICEPIPE_UNSAFE_ALLOW_UNSIGNED=1 and no TWILIO_AUTH_TOKEN: requests are NOT checked for "
+                    "Twilio's signature, and anyone who can reach this server can open calls")
+        return
+    log.warning("TWILIO_AUTH_TOKEN is not set: unsigned mode, answering only requests made on this machine "
+                "(the simulator, the test phone). Set TWILIO_AUTH_TOKEN to take calls.")
+    if settings.webhook_url:
+        raise ConfigError("refusing to serve WEBHOOK_URL without TWILIO_AUTH_TOKEN: anyone who knows the tunnel's "
+                          "URL could open calls. Set TWILIO_AUTH_TOKEN (or, at your own risk, "
+                          "VOICEPIPE_UNSAFE_ALLOW_UNSIGNED=1)")
+    if not is_loopback(host):
         raise ConfigError(
-            f"refusing to listen on {host} without TWILIO_AUTH_TOKEN; set it, or set "
-            "VOICEPIPE_ALLOW_UNSIGNED=1 to accept unsigned requests from the network anyway"
+            f"refusing to listen on {host} without TWILIO_AUTH_TOKEN; set it (or, at your own risk, "
+            "VOICEPIPE_UNSAFE_ALLOW_UNSIGNED=1)"
         )
 
 

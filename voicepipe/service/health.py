@@ -17,7 +17,7 @@ class StageHealth:
     failures_in_a_row: int = 0
     failures: int = 0
     successes: int = 0
-    last_error: str = ""
+    last_error: str = ""  # the exception's type only: /healthz is public behind a tunnel (the log has the rest)
 
 
 class Health(CallObserver):
@@ -36,9 +36,10 @@ class Health(CallObserver):
         health = self._stage(stage)
         health.failures += 1
         health.failures_in_a_row += 1
-        health.last_error = f"{type(error).__name__}: {error}"[:200]
+        health.last_error = type(error).__name__
         if health.failures_in_a_row == FAILING_AFTER:
-            log.error("%s has failed %d turns in a row (last: %s)", stage, FAILING_AFTER, health.last_error)
+            log.error("%s has failed %d turns in a row (last: %s: %s)", stage, FAILING_AFTER, health.last_error,
+                      str(error)[:200])
 
     @property
     def failing(self) -> list[str]:

@@ -16,6 +16,15 @@ class _CallContextFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    """One line per message: CR and LF inside it are escaped, so text from a request (a header, a parameter)
+    cannot forge another log line. Tracebacks stay multi-line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.replace("\r", "\\r").replace("\n", "\\n")
+        return super().formatMessage(record)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers: time, level, logger, call_sid, message (and any traceback)."""
 
@@ -39,7 +48,7 @@ def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
         formatter: logging.Formatter = JsonFormatter()
         formatter.converter = time.gmtime
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(call_sid)s] %(message)s")
+        formatter = TextFormatter("%(asctime)s %(levelname)s %(name)s [%(call_sid)s] %(message)s")
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -14,6 +14,7 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from voicepipe.conversation.events import EndedCall
 from voicepipe.conversation.session import CallSession
+from voicepipe.service.access import safe_for_log
 from voicepipe.service.logs import call_sid_var
 from voicepipe.service.state import SERVICE, Service
 from voicepipe.service.webhooks import TOKEN_PARAMETER
@@ -31,27 +32,33 @@ MESSAGE_BURST = 500
 MESSAGES_PER_SECOND = 100.0
 # A send that cannot finish in this time means the client stopped reading: the call is dropped.
 SEND_TIMEOUT_SECONDS = 5.0
+# A socket must bring a valid `start` this soon after it opens; Twilio sends it at once.
+START_TIMEOUT_SECONDS = 5.0
+# Twilio sends a media frame every 20 ms for the whole call: this long without any message is a dead stream.
+IDLE_TIMEOUT_SECONDS = 10.0
+MEDIA_FORMAT = ("audio/x-mulaw", 8000, 1)  # encoding, sample rate, channels: what a phone call streams
 
 
 class StreamLimits:
     """Rate limits of one media stream: audio no faster than real time, other messages in a token bucket."""
 
     def __init__(self) -> None:
-        self._first_media: float | None = None
-        self._audio_seconds = 0.0
+        now = time.monotonic()
+        # Seconds of audio the stream may send ahead of the wall clock. Refilled at real time and capped, so a
+        # stream that sent nothing for a minute cannot then send a minute at once.
+        self._audio_credit = MAX_AUDIO_AHEAD_SECONDS
+        self._audio_refilled = now
         self._tokens = float(MESSAGE_BURST)
-        self._refilled = time.monotonic()
+        self._refilled = now
 
     def check(self, event: object) -> str | None:
         """The reason to close the stream, or None when the message is within limits."""
         now = time.monotonic()
         if isinstance(event, Media):
-            if self._first_media is None:
-                self._first_media = now
-            self._audio_seconds += len(event.payload) / 8000
-            if self._audio_seconds - (now - self._first_media) > MAX_AUDIO_AHEAD_SECONDS:
-                return "media arriving faster than real time"
-            return None
+            self._audio_credit = min(MAX_AUDIO_AHEAD_SECONDS, self._audio_credit + now - self._audio_refilled)
+            self._audio_refilled = now
+            self._audio_credit -= len(event.payload) / 8000
+            return "media arriving faster than real time" if self._audio_credit < 0 else None
         self._tokens = min(MESSAGE_BURST, self._tokens + (now - self._refilled) * MESSAGES_PER_SECOND)
         self._refilled = now
         self._tokens -= 1
@@ -74,14 +81,20 @@ class MediaStream:
         self.session: CallSession | None = None
         self.limits = StreamLimits()
         self.outcome = "disconnected"  # how the stream ended, for the call record
+        self._start_deadline = asyncio.get_running_loop().time() + START_TIMEOUT_SECONDS
 
     async def run(self) -> web.WebSocketResponse:
+        service = self.service
+        if len(service.sockets) >= service.settings.max_calls:
+            # Every slot has a socket already (calls, or sockets still owing their `start`).
+            log.warning("refused a media stream: %d sockets open is the maximum", len(service.sockets))
+            service.metrics.error("stream", "too_many_sockets")
+            raise web.HTTPServiceUnavailable(text="too many open media streams\n")
         await self.ws.prepare(self.request)
-        self.service.sockets.add(self.ws)
+        service.sockets.add(self.ws)
         try:
-            async for message in self.ws:
-                if not await self._handle(message):
-                    break
+            while await self._handle(await self._receive()):
+                pass
         except StreamRejected as rejected:
             self.outcome = "stream_error"
             self.service.metrics.error("stream", rejected.kind)
@@ -90,6 +103,18 @@ class MediaStream:
         finally:
             await self._finish()
         return self.ws
+
+    async def _receive(self) -> WSMessage:
+        """The next message; a socket that owes its `start` past the deadline, or falls silent, is closed."""
+        loop = asyncio.get_running_loop()
+        if self.session is None:
+            timeout, why = self._start_deadline - loop.time(), f"no valid start within {START_TIMEOUT_SECONDS:.0f} s"
+        else:
+            timeout, why = IDLE_TIMEOUT_SECONDS, f"no message for {IDLE_TIMEOUT_SECONDS:.0f} s"
+        try:
+            return await self.ws.receive(timeout=max(timeout, 0.001))
+        except TimeoutError:
+            raise StreamRejected(why, "idle", WSCloseCode.POLICY_VIOLATION) from None
 
     async def _handle(self, message: WSMessage) -> bool:
         """Act on one message; False when the stream is over."""
@@ -115,20 +140,33 @@ class MediaStream:
     async def _start(self, start: Start) -> None:
         if self.session is not None:
             raise StreamRejected("a second start on one stream", "second_start")
-        if self.service.tokens.redeem(start.custom_parameters.get(TOKEN_PARAMETER, "")) is None:
-            raise StreamRejected("start without a valid call token from /voice", "bad_token")
-        call_sid_var.set(start.call_sid)
         service = self.service
+        grant = service.tokens.redeem(start.custom_parameters.get(TOKEN_PARAMETER, ""))
+        if grant is None:
+            raise StreamRejected("start without a valid call token from /voice", "bad_token")
+        if grant.age > service.tokens.ttl:
+            raise StreamRejected(f"the call token expired ({grant.age:.0f} s old)", "expired_token")
+        if start.call_sid != grant.call_sid:
+            raise StreamRejected("callSid is not the call the token was issued for", "foreign_call")
+        ours = service.settings.twilio_account_sid
+        if start.account_sid != grant.account_sid or (ours and start.account_sid != ours):
+            raise StreamRejected("accountSid is not the account the token was issued for", "foreign_account")
+        if (start.encoding, start.sample_rate, start.channels) != MEDIA_FORMAT:
+            raise StreamRejected(f"media format {start.encoding} {start.sample_rate} Hz {start.channels} channel(s) "
+                                 "is not a phone call's (audio/x-mulaw 8000 Hz mono)", "media_format",
+                                 WSCloseCode.UNSUPPORTED_DATA)
+        call_sid = grant.call_sid  # checked at /voice: Twilio's shape, safe in logs and REST URLs
+        call_sid_var.set(call_sid)
 
         async def hang_up() -> None:
             await self.ws.close(code=WSCloseCode.OK, message=b"call ended")
-            await complete_call(service.settings, start.call_sid)
+            await complete_call(service.settings, call_sid)
 
-        self.session = CallSession(service.settings, service.models, service.phrases, start.call_sid,
+        self.session = CallSession(service.settings, service.models, service.phrases, call_sid,
                                    start.stream_sid, self.send, service.observers, hang_up)
         service.sessions.add(self.session)
-        service.records.stream_started(start.call_sid)
-        log.info("call started (stream %s)", start.stream_sid)
+        service.records.stream_started(call_sid)
+        log.info("call started (stream %s)", safe_for_log(start.stream_sid))
         await self.session.begin()
 
     async def _route(self, event: Media | Mark | Dtmf | Stop) -> bool:

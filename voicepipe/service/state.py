@@ -61,7 +61,11 @@ class ServiceReports(CallObserver):
         self.service.recent_turns.append(timings)
         numbers = timings.as_dict()
         self.service.metrics.turn(numbers)
-        self.service.records.turn(timings.call_sid, timings.turn, numbers)
+        said = None
+        if self.service.settings.transcripts:
+            session = next((s for s in self.service.sessions if s.call_sid == timings.call_sid), None)
+            said = [m for m in session.history if m["role"] != "system"] if session is not None else None
+        self.service.records.turn(timings.call_sid, timings.turn, numbers, said)
 
     def stage_failed(self, stage: str, error: BaseException) -> None:
         self.service.metrics.error(stage, type(error).__name__)

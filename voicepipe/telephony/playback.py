@@ -99,7 +99,7 @@ class PacedSender:
     def on_mark(self, name: str) -> None:
         """An echoed mark: everything up to it has played (unless it was cleared, then it is unknown here)."""
         seq_text = name.rpartition(".")[2]
-        if seq_text.isdigit():
+        if seq_text.isascii() and seq_text.isdecimal():  # "²".isdigit() is True, and int("²") raises
             self._mark_played(int(seq_text))
 
     def _mark_played(self, seq: int) -> None:

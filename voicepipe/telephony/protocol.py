@@ -9,6 +9,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+CALL_SID = re.compile(r"CA[0-9a-f]{32}")
+ACCOUNT_SID = re.compile(r"AC[0-9a-f]{32}")
+
+
+def is_call_sid(value: str) -> bool:
+    """Twilio's CallSid shape; only such a value goes into a log line, a record or a REST URL."""
+    return CALL_SID.fullmatch(value) is not None
+
+
 # Twilio sends 160-byte (20 ms) frames; anything far larger is hostile or broken.
 MAX_MEDIA_BYTES = 16_000
 
@@ -30,6 +39,7 @@ class Start:
     custom_parameters: dict[str, str] = field(default_factory=dict)
     encoding: str = "audio/x-mulaw"
     sample_rate: int = 8000
+    channels: int = 1
 
 
 @dataclass(frozen=True)
@@ -74,7 +84,7 @@ def _string(parent: dict[str, Any], key: str) -> str:
     return value
 
 
-WHOLE_NUMBER = re.compile(r"\s*[+-]?\d+\s*")
+WHOLE_NUMBER = re.compile(r"\s*[+-]?[0-9]+\s*")  # ASCII digits: int() takes "١٢" and "1_000" too
 
 
 def _int(parent: dict[str, Any], key: str, default: int | None = None) -> int:
@@ -82,7 +92,7 @@ def _int(parent: dict[str, Any], key: str, default: int | None = None) -> int:
     value = parent.get(key, default)
     if isinstance(value, bool) or value is None:
         raise ProtocolError(f"'{key}' must be a number")
-    if isinstance(value, str) and not WHOLE_NUMBER.fullmatch(value):  # int() also takes "1_000"
+    if isinstance(value, str) and not WHOLE_NUMBER.fullmatch(value):
         raise ProtocolError(f"'{key}' must be a whole number, got {value!r}")
     try:
         return int(value)
@@ -116,6 +126,7 @@ def parse_event(text: str | bytes) -> Event | None:
             custom_parameters={str(k): v for k, v in params.items()},
             encoding=str(media_format.get("encoding", "audio/x-mulaw")),
             sample_rate=_int(media_format, "sampleRate", 8000),
+            channels=_int(media_format, "channels", 1),
         )
     if event == "media":
         media = _object(message, "media")

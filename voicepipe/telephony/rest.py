@@ -13,6 +13,7 @@ from typing import Any
 from twilio.twiml.voice_response import VoiceResponse
 
 from voicepipe.config import ConfigError, Settings
+from voicepipe.telephony.protocol import is_call_sid
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,11 @@ def follow_call(
 
 async def complete_call(settings: Settings, call_sid: str) -> None:
     """With Twilio credentials, end the call through the REST API (closing the stream alone lets Twilio go on
-    to any TwiML after <Connect>)."""
-    if not (settings.twilio_account_sid and settings.twilio_auth_token) or not call_sid.startswith("CA"):
+    to any TwiML after <Connect>). The CallSid goes into the URL's path: only Twilio's shape is sent."""
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        return
+    if not is_call_sid(call_sid):
+        log.warning("not ending call %r through the Twilio API: not a Twilio CallSid", call_sid[:40])
         return
 
     def update() -> None:
