@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from voicepipe.config import Settings
 from voicepipe.conversation.events import CallObserver, Observers, TurnTimings
 from voicepipe.conversation.phrases import Phrases
 from voicepipe.conversation.session import CallSession
-from voicepipe.engines.llm import ChatEvent, Message, TextDelta
+from voicepipe.engines.llm import ChatEvent, Message, TextDelta, ToolSpec
 from voicepipe.engines.models import Models
 from voicepipe.engines.stt import Transcript
 from voicepipe.engines.turn_model import TurnModel
@@ -45,10 +45,13 @@ class FakeChat:
         self.reply = reply
         self.extra = extra or []
         self.prompts: list[list[Message]] = []
+        self.offered: list[list[str]] = []  # the tools offered with each prompt
         self.finished = 0
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
+    async def stream(self, messages: list[Message], key: str = "", tools: Sequence[ToolSpec] = (),
+                     force_tool: str | None = None) -> AsyncGenerator[ChatEvent, None]:
         self.prompts.append([dict(m) for m in messages])
+        self.offered.append([tool.name for tool in tools])
         for event in self.extra:
             yield event
         for word in self.reply.split(" "):

@@ -114,6 +114,7 @@ class FakeTwilioApi:
         self.requests: list[tuple[str, str, dict[str, list[str]], str]] = []  # method, path, form, auth
         self.reject = reject
         self.statuses = ["queued", "ringing", "in-progress", "in-progress", "completed"]
+        self.answered_by: str | None = None  # what answering-machine detection found, on the call resource
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -157,4 +158,5 @@ class FakeTwilioApi:
                                   "sid": request.match_info["sid"]})
 
     def resource(self, status: str) -> dict[str, str]:
-        return {"sid": "CA" + "a" * 32, "account_sid": ACCOUNT, "status": status, "to": TO, "from": FROM}
+        return {"sid": "CA" + "a" * 32, "account_sid": ACCOUNT, "status": status, "to": TO, "from": FROM,
+                "answered_by": self.answered_by}

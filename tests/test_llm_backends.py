@@ -113,7 +113,8 @@ class BrokenLocal:
     def __init__(self, stall: float = 0.0) -> None:
         self.stall, self.calls = stall, 0
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncIterator[str]:
+    async def stream(self, messages: list[Message], key: str = "", tools: object = (),
+                     force_tool: str | None = None) -> AsyncIterator[str]:
         self.calls += 1
         await asyncio.sleep(self.stall)
         raise RuntimeError("injected LLM fault")

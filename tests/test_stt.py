@@ -8,9 +8,9 @@ import pytest
 from tests.conftest import JFK_TRANSCRIPT, word_error_rate
 from voicepipe.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from voicepipe.audio.resample import resample
+from voicepipe.callers import piper_speech
 from voicepipe.engines.models import Models
 from voicepipe.engines.stt import WhisperTranscriber, looks_looped
-from voicepipe.engines.tts import synthesize
 
 
 def phone_line(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -36,13 +36,15 @@ PHRASES = [
 def test_short_phrases_at_any_place_in_the_window(models: Models) -> None:
     # Where a short utterance sits in the encoder window (lead and tail silence) once made the short-window
     # decode loop or drop words; the turn detector hands over utterances with 100-300 ms of lead-in.
-    # Piper's voice is sampled (VITS noise), so each run hears slightly different audio and whisper's homophone
-    # slips ("their parking") come and go; the bar is whisper's own full 30 s window on the very same clips.
+    # The speech is Piper's with its sampling off (the same audio on every run: a sampled voice made whisper's
+    # homophone slips come and go between runs), at two speaking rates; the bar is whisper's own full 30 s
+    # window on the very same clips.
     transcriber = models.transcriber
     assert isinstance(transcriber, WhisperTranscriber)
     short_errors, full_errors = [], []
-    for text in PHRASES:
-        speech = phone_line(synthesize(models.synthesizer, text), models.synthesizer.sample_rate)
+    for index, text in enumerate(PHRASES):
+        voice = models.synthesizer.voice  # type: ignore[attr-defined]
+        speech = phone_line(piper_speech(voice, text, length_scale=1.0 + 0.15 * (index % 2)), 8000)
         for lead_ms, tail_ms in ((0, 200), (60, 550), (140, 200), (140, 550), (300, 900)):
             clip = np.concatenate([np.zeros(lead_ms * 8, np.int16), speech, np.zeros(tail_ms * 8, np.int16)])
             heard = transcriber.transcribe(clip).text

@@ -94,7 +94,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
 
     client = twilio_client(settings)
     try:
-        call_sid = place_call(settings, to, twiml, client=client)
+        call_sid = place_call(settings, to, twiml, client=client, detect_machine=args.detect_machine)
     except TwilioRestException as exc:
         print(f"Twilio refused the call: {exc.msg} (error {exc.code}, HTTP {exc.status})", file=sys.stderr)
         return 1
@@ -111,6 +111,9 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
             print(f"call {call_sid}: {status}", flush=True)
 
         final = follow_call(settings, call_sid, report, client=client, interval=args.poll)
+        if args.detect_machine and (answered_by := str(client.calls(call_sid).fetch().answered_by or "")):
+            records.answered_by(call_sid, answered_by)
+            print(f"call {call_sid}: answered by {answered_by}")
         return 0 if final == "completed" else 1
     finally:
         records.close()  # the queued writes go in first
@@ -173,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     one_way = call.add_mutually_exclusive_group()
     one_way.add_argument("--message", help="one-way: Twilio speaks this text and hangs up (no tunnel needed)")
     one_way.add_argument("--prompt", help="one-way: the local model writes the message from this prompt")
+    call.add_argument("--detect-machine", action="store_true",
+                      help="answering-machine detection: a --message is left after the beep; a conversation call "
+                           "that reaches a machine leaves VOICEPIPE_VOICEMAIL_MESSAGE and hangs up")
     call.add_argument("--no-follow", action="store_true", help="print the CallSid and return at once")
     call.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
     commands.add_parser("doctor", help="check configuration, models, GPU, server, tunnel and Twilio; print fixes")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,10 @@ PHRASES = {
         "apology": "Sorry, I had a problem there. Could you say that again?",
         "shutdown": "Sorry, I have to end this call now. Please call again later. Goodbye!",
         "dtmf": "(The caller pressed {digits} on the phone keypad.)",
+        "transfer": "Let me put you through to a person. One moment, please.",
+        "transfer_failed": "Sorry, I can't put you through right now.",
+        "wait": "One moment.",
+        "tool_failed": "Sorry, I couldn't get that information right now.",
     },
     "es": {
         "reprompt": "¿Sigue ahí?",
@@ -64,6 +69,10 @@ PHRASES = {
         "apology": "Perdone, he tenido un problema. ¿Puede repetirlo?",
         "shutdown": "Lo siento, tengo que terminar la llamada. Por favor, llame más tarde. ¡Adiós!",
         "dtmf": "(La persona que llama pulsó {digits} en el teclado del teléfono.)",
+        "transfer": "Le paso con una persona. Un momento, por favor.",
+        "transfer_failed": "Lo siento, ahora mismo no puedo pasarle con nadie.",
+        "wait": "Un momento.",
+        "tool_failed": "Lo siento, ahora mismo no puedo consultar esa información.",
     },
 }
 # A caller's turn made only of these ends the call (after the closing line). Hyphens count as spaces (whisper
@@ -73,6 +82,11 @@ GOODBYES = {
     "es": ("adiós", "adios", "hasta luego", "chao", "chau", "hasta pronto", "eso es todo"),
 }
 DEFAULT_TURN_MODEL = "smart-turn-v3.2/smart-turn-v3.2-cpu.onnx"  # under the models dir; every language
+DEFAULT_VOICEMAIL = {  # left on an answering machine by a conversation call (voicepipe call --detect-machine)
+    "en": "Hello, this is an automated call. Please call us back when you can. Goodbye!",
+    "es": "Hola, le llamamos de forma automática. Por favor, devuélvanos la llamada cuando pueda. ¡Adiós!",
+}
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 DEFAULT_GREETINGS = {
     "en": "Hello! How can I help you today?",
     "es": "¡Hola! ¿En qué puedo ayudarle hoy?",
@@ -141,6 +155,12 @@ class Settings:
     log_format: str = "text"  # text | json (one JSON object per line, call_sid included)
     device: str = "auto"  # auto | cpu | cuda: where whisper, llama.cpp and Piper run
     metrics_token: str = ""  # when set, /metrics and /stats need "Authorization: Bearer <token>"
+    tools_file: Path | None = None  # the operator's HTTP tools (YAML or JSON); None: only the built-in ones
+    # Where transfer_call may send a caller: (name, E.164 number) pairs; "default" is VOICEPIPE_TRANSFER_NUMBER.
+    # Empty: the model is not offered transfer_call.
+    transfer_destinations: tuple[tuple[str, str], ...] = ()
+    voicemail_message: str = DEFAULT_VOICEMAIL["en"]
+    llm_tools: str = "auto"  # auto | on | off: offer the model tools (auto: if its API or chat template has them)
 
     def model_path(self, name: str) -> Path:
         path = Path(name)
@@ -194,6 +214,14 @@ def _float(env: Mapping[str, str], name: str, default: float, low: float, high: 
     return _number(env, name, default, low, high)
 
 
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`; the first is the default."""
+    value = env.get(name, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} must be one of: {', '.join(choices)}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -218,6 +246,25 @@ def _language(raw: str) -> tuple[str, str]:
     if say not in SAY_REGIONS:
         raise ConfigError(f"VOICEPIPE_LANGUAGE={raw!r}: unknown region (use one of: {', '.join(SAY_REGIONS)})")
     return base, say
+
+
+def _transfer_destinations(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """VOICEPIPE_TRANSFER_NUMBER (the default destination) and VOICEPIPE_TRANSFER_DESTINATIONS
+    ("sales=+14155550100,support=+14155550101"), numbers checked as E.164."""
+    pairs: list[tuple[str, str]] = []
+    if number := env.get("VOICEPIPE_TRANSFER_NUMBER", "").strip():
+        pairs.append(("default", number))
+    for item in filter(None, (part.strip() for part in env.get("VOICEPIPE_TRANSFER_DESTINATIONS", "").split(","))):
+        name, _, number = (p.strip() for p in item.partition("="))
+        if not re.fullmatch(r"[a-z0-9_]{1,32}", name) or not number:
+            raise ConfigError(f"VOICEPIPE_TRANSFER_DESTINATIONS: {item!r} must be name=+number (name: a-z, 0-9, _)")
+        pairs.append((name, number))
+    for name, number in pairs:
+        if not E164.match(number):
+            raise ConfigError(f"transfer destination {name}={number!r} is not an E.164 phone number (+14155550123)")
+    if len({name for name, _ in pairs}) != len(pairs):
+        raise ConfigError("VOICEPIPE_TRANSFER_DESTINATIONS names a destination twice")
+    return tuple(pairs)
 
 
 LOOPBACK_HOSTNAMES = ("127.0.0.1", "::1", "localhost")
@@ -349,4 +396,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         log_format=log_format,
         device=device,
         metrics_token=env.get("VOICEPIPE_METRICS_TOKEN", "").strip(),
+        tools_file=Path(tools_file) if (tools_file := env.get("VOICEPIPE_TOOLS_FILE", "").strip()) else None,
+        transfer_destinations=_transfer_destinations(env),
+        voicemail_message=env.get("VOICEPIPE_VOICEMAIL_MESSAGE", "").strip() or DEFAULT_VOICEMAIL[language],
+        llm_tools=_choice(env, "VOICEPIPE_LLM_TOOLS", ("auto", "on", "off")),
     )

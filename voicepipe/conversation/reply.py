@@ -18,11 +18,15 @@ from voicepipe.conversation.chunker import SentenceChunker
 from voicepipe.conversation.context import ConversationContext
 from voicepipe.conversation.events import Observers, TurnTimings
 from voicepipe.conversation.phrases import Phrases
-from voicepipe.conversation.speaker import Speaker, SpokenSentence
-from voicepipe.engines.llm import ChatBackend, Message, TextDelta
+from voicepipe.conversation.speaker import Line, Speaker, SpokenSentence
+from voicepipe.conversation.tools import Action, Toolbox, ToolResult
+from voicepipe.engines.llm import ChatBackend, Message, TextDelta, ToolCall
 from voicepipe.engines.stt import Transcriber
 
 log = logging.getLogger(__name__)
+
+MAX_TOOL_ROUNDS = 3  # model -> tools -> model ... at most this many times in one reply
+FILLER_AFTER_SECONDS = 0.7  # a tool still running this long: the caller hears "One moment."
 
 
 @dataclass
@@ -42,6 +46,7 @@ class Reply:
     # meanwhile its player must not start another sentence.
     stopped: bool = False
     failed: bool = False
+    action: Action | None = None  # a built-in tool the model called: done once the reply has been spoken
 
     async def transcript(self) -> str:
         """What the caller said, once transcribed ("" for no speech or a failed transcription)."""
@@ -59,7 +64,8 @@ class Responder:
 
     def __init__(self, transcriber: Transcriber, chat: ChatBackend, speaker: Speaker, context: ConversationContext,
                  phrases: Phrases, observers: Observers, call_sid: str, streaming: bool = True,
-                 on_goodbye: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_goodbye: Callable[[], Awaitable[None]] | None = None, tools: Toolbox | None = None,
+                 caller_number: str = "", on_action: Callable[[Action], Awaitable[None]] | None = None) -> None:
         self.transcriber = transcriber
         self.chat = chat
         self.speaker = speaker
@@ -69,6 +75,9 @@ class Responder:
         self.call_sid = call_sid
         self.streaming = streaming  # False: the whole reply is spoken in one piece at the end (for comparison)
         self.on_goodbye = on_goodbye
+        self.tools = tools
+        self.caller_number = caller_number  # for the operator's tools that may send it
+        self.on_action = on_action
 
     async def run(self, reply: Reply) -> None:
         try:
@@ -83,6 +92,9 @@ class Responder:
                     await self.on_goodbye()
                     return
             await self.answer(reply, self.context.prompt(reply.user_text))
+            if reply.action is not None and self.on_action is not None and not reply.stopped:
+                self.remember(reply)
+                await self.on_action(reply.action)
         except Exception:
             reply.failed = True
             log.exception("%s failed", f"turn {reply.timings.turn}" if reply.timings.turn else "a speculative reply")
@@ -130,38 +142,96 @@ class Responder:
 
     async def answer(self, reply: Reply, prompt: list[Message]) -> None:
         """Generate and speak the answer to `prompt`; sentences play once the reply is committed."""
-        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        sentences: asyncio.Queue[str | Line | None] = asyncio.Queue()
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._think(prompt, sentences, reply.timings), name=f"call:{self.call_sid}:llm")
+            group.create_task(self._think(prompt, sentences, reply), name=f"call:{self.call_sid}:llm")
             group.create_task(self.speaker.speak(reply, sentences), name=f"call:{self.call_sid}:tts")
 
-    async def _think(self, prompt: list[Message], sentences: asyncio.Queue[str | None], timings: TurnTimings) -> None:
+    async def _think(self, prompt: list[Message], sentences: asyncio.Queue[str | Line | None], reply: Reply) -> None:
+        """The model's words, sentence by sentence, onto `sentences`; the tools it calls are run (once the reply
+        is committed) and their results given back to it for the words that follow."""
+        timings = reply.timings
         started = time.perf_counter()
         chunker = SentenceChunker()
         whole_reply: list[str] = []
 
-        def emit(sentence: str) -> None:
-            if timings.llm_first_sentence is None:
-                timings.llm_first_sentence = time.perf_counter() - started
-            if self.streaming:
-                sentences.put_nowait(sentence)
-            else:
-                whole_reply.append(sentence)
+        def emit(item: str | Line) -> None:
+            if isinstance(item, str):
+                if timings.llm_first_sentence is None:
+                    timings.llm_first_sentence = time.perf_counter() - started
+                if not self.streaming:
+                    whole_reply.append(item)
+                    return
+            elif whole_reply:
+                sentences.put_nowait(" ".join(whole_reply))
+                whole_reply.clear()
+            sentences.put_nowait(item)
 
         try:
-            with self.observers.watch("llm"):
-                async for event in self.chat.stream(prompt, key=self.call_sid):
-                    if timings.llm_first_token is None:
-                        timings.llm_first_token = time.perf_counter() - started
-                    if not isinstance(event, TextDelta):
-                        # No tools are offered to the model yet, so a call to one cannot be honoured.
-                        log.warning("the model asked for tool %r, but no tools are configured; ignored", event.name)
-                        continue
-                    for sentence in chunker.push(event.text):
+            messages = prompt
+            for round_ in range(MAX_TOOL_ROUNDS + 1):
+                tools = self.tools.specs if self.tools is not None and round_ < MAX_TOOL_ROUNDS else []
+                said: list[str] = []
+                calls: list[ToolCall] = []
+                running: list[asyncio.Task[ToolResult]] = []
+                try:
+                    with self.observers.watch("llm"):
+                        async for event in self.chat.stream(messages, key=self.call_sid, tools=tools):
+                            if timings.llm_first_token is None:
+                                timings.llm_first_token = time.perf_counter() - started
+                            if isinstance(event, TextDelta):
+                                said.append(event.text)
+                                for sentence in chunker.push(event.text):
+                                    emit(sentence)
+                            elif tools:  # run as soon as it is complete, while the model goes on
+                                calls.append(event)
+                                running.append(asyncio.create_task(self._run_tool(reply, event)))
+                            else:
+                                log.warning("the model called tool %r, which it was not offered; ignored",
+                                            event.name[:64])
+                    for sentence in chunker.flush():
                         emit(sentence)
-            for sentence in chunker.flush():
-                emit(sentence)
+                    if not calls:
+                        break
+                    results = await self._tool_results(reply, running, emit)
+                finally:
+                    for task in running:
+                        task.cancel()
+                reply.action = next((r.action for r in results if r.action is not None), None)
+                if reply.action is not None:
+                    break
+                if any(r.failed for r in results):
+                    if line := self._line("tool_failed"):
+                        emit(line)
+                    break
+                messages = [*messages, assistant_calls("".join(said), calls),
+                            *({"role": "tool", "tool_call_id": r.call.id, "content": r.content} for r in results)]
             if whole_reply:
                 sentences.put_nowait(" ".join(whole_reply))
         finally:
             sentences.put_nowait(None)
+
+    async def _run_tool(self, reply: Reply, call: ToolCall) -> ToolResult:
+        # A speculative reply may be dropped: nothing is done for the caller until they have finished.
+        await reply.committed.wait()
+        assert self.tools is not None
+        return await self.tools.run(call, self.call_sid, self.caller_number)
+
+    async def _tool_results(self, reply: Reply, running: list[asyncio.Task[ToolResult]],
+                            emit: Callable[[str | Line], None]) -> list[ToolResult]:
+        await reply.committed.wait()
+        _, pending = await asyncio.wait(running, timeout=FILLER_AFTER_SECONDS)
+        if pending and (line := self._line("wait")):
+            emit(line)
+        return [await task for task in running]
+
+    def _line(self, name: str) -> Line | None:
+        audio = self.phrases.audio.get(name)
+        return Line(self.phrases.text[name], audio) if audio else None
+
+
+def assistant_calls(text: str, calls: list[ToolCall]) -> Message:
+    """The model's turn that called tools, in OpenAI's shape (the backends convert it where they must)."""
+    return {"role": "assistant", "content": text or None,
+            "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                           for c in calls]}

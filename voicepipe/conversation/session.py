@@ -41,6 +41,7 @@ from voicepipe.conversation.policy import (
 )
 from voicepipe.conversation.reply import Reply, Responder
 from voicepipe.conversation.speaker import Speaker
+from voicepipe.conversation.tools import Action, Toolbox
 from voicepipe.engines.llm import Message
 from voicepipe.engines.models import Models
 from voicepipe.telephony.playback import PacedSender, Send
@@ -52,17 +53,20 @@ MAX_DTMF_DIGITS = 32  # keys gathered into one turn; more is a stuck key or a fl
 WATCHDOG_SECONDS = 0.25
 
 HangUp = Callable[[], Awaitable[None]]
+Transfer = Callable[[str], Awaitable[bool]]  # hand the live call to a number; False when that could not be done
 
 
 class CallSession:
     def __init__(self, settings: Settings, models: Models, phrases: Phrases, call_sid: str, stream_sid: str,
-                 send: Send, observers: Observers | None = None, hang_up: HangUp | None = None) -> None:
+                 send: Send, observers: Observers | None = None, hang_up: HangUp | None = None,
+                 tools: Toolbox | None = None, caller_number: str = "", transfer: Transfer | None = None) -> None:
         self.settings = settings
         self.call_sid = call_sid
         self.stream_sid = stream_sid
         self.phrases = phrases
         self.observers = observers or Observers()
         self._hang_up = hang_up
+        self._transfer = transfer
         self.context = ConversationContext(settings.system_prompt)
         silero = SileroStream(models.silero).feed if models.silero is not None else None
         # The judge hears the speculative transcript, so it needs speculation; without it a fixed silence decides.
@@ -76,7 +80,8 @@ class CallSession:
                                self.observers)
         self.responder = Responder(models.transcriber, models.chat, self.speaker, self.context, phrases,
                                    self.observers, call_sid, settings.streaming,
-                                   on_goodbye=lambda: self.end_call("closing"))
+                                   on_goodbye=lambda: self.end_call("closing"), tools=tools,
+                                   caller_number=caller_number, on_action=self._act)
         self._speculative: Reply | None = None
         self.floor = Floor(self.speaker, self.responder, phrases, self.turn_taking, self._spawn)
         self._judging: asyncio.Task[None] | None = None  # is the caller done at this pause?
@@ -270,20 +275,52 @@ class CallSession:
             self.context.add_assistant(self.phrases.text[phrase])
             await self.speaker.say(audio, phrase)
 
-    async def end_call(self, phrase: str) -> None:
-        """Say the closing line, wait until Twilio reports it played, then hang up."""
-        if self.ending:
-            return
+    async def _act(self, action: Action) -> None:
+        """A built-in tool the model called, once its reply has been spoken (it is not cut off)."""
+        if action.kind == "transfer_call":
+            await self.transfer(action.destination)
+        else:
+            await self.end_call("closing", interrupt=False)
+
+    async def hand_over(self, reason: str, clear: bool = True) -> None:
+        """The agent is done with the call (for `reason`): no more turns, and with `clear` nothing more of what
+        is playing (Twilio is taking the call elsewhere, or the last words replace it)."""
         self.ending = True
-        self.end_reason = phrase
+        self.end_reason = reason
         for reply in (self._speculative, self.floor.reply):
             if reply is not None:
                 reply.stop()
-        if self.speaker.outstanding_ms:
+        if clear and self.speaker.outstanding_ms:
             await self.speaker.clear()
+
+    async def _last_words(self, phrase: str, reason: str, interrupt: bool) -> None:
+        """Stop listening for turns, say `phrase` (after what is playing, or instead of it) and wait until
+        Twilio reports it played."""
+        await self.hand_over(reason, clear=interrupt)
         await self._say(phrase)
-        await self.speaker.drain(timeout=len(self.phrases.audio.get(phrase, b"")) / 8000 + 3.0)
+        await self.speaker.drain(timeout=(self.speaker.outstanding_ms + len(self.phrases.audio.get(phrase, b"")) / 8)
+                                 / 1000 + 3.0)
+
+    async def end_call(self, phrase: str, interrupt: bool = True) -> None:
+        """Say the closing line, wait until Twilio reports it played, then hang up."""
+        if self.ending:
+            return
+        await self._last_words(phrase, phrase, interrupt)
         log.info("call ended by the agent (%s)", phrase)
         if self._hang_up is not None:
             # Shielded: hanging up closes the socket, which ends the call and cancels its tasks, this one too.
             await asyncio.shield(self._hang_up())
+
+    async def transfer(self, number: str) -> None:
+        """Say the transfer line, then hand the live call to `number` (Twilio dials it); if that cannot be
+        done, say so and go on with the call."""
+        if self.ending:
+            return
+        if self._transfer is not None:
+            await self._last_words("transfer", "transferred", interrupt=False)
+            log.info("transferring the call")
+            if await asyncio.shield(self._transfer(number)):
+                return
+            self.ending, self.end_reason = False, ""
+        log.warning("the call could not be transferred; it goes on")
+        await self._say("transfer_failed")

@@ -33,6 +33,14 @@ class SpokenSentence:
     ms: int
 
 
+@dataclass(frozen=True)
+class Line:
+    """A fixed line, synthesized at start-up (8 kHz mu-law), spoken in a reply's flow (a filler, an apology)."""
+
+    text: str
+    audio: bytes
+
+
 class Speaker:
     def __init__(self, player: PacedSender, synthesizer: Synthesizer, observers: Observers) -> None:
         self.player = player
@@ -79,7 +87,7 @@ class Speaker:
             break
         return " ".join(heard)
 
-    async def speak(self, reply: Reply, sentences: asyncio.Queue[str | None]) -> None:
+    async def speak(self, reply: Reply, sentences: asyncio.Queue[str | Line | None]) -> None:
         """Synthesize sentence after sentence, staying ahead of playback: the next sentence is ready before
         the one playing runs out (the player holds playback only lead_ms ahead of the caller)."""
         timings = reply.timings
@@ -89,6 +97,12 @@ class Speaker:
         try:
             pending = b""
             while (text := await sentences.get()) is not None:
+                if isinstance(text, Line):
+                    audio = pending + text.audio
+                    whole = len(audio) - len(audio) % FRAME_BYTES
+                    audio, pending = audio[:whole], audio[whole:]
+                    await ready.put((text.text, audio))
+                    continue
                 started = time.perf_counter()
                 with self.observers.watch("tts"):
                     pcm = await asyncio.to_thread(synthesize, self.synthesizer, text)

@@ -1,23 +1,27 @@
 """Streaming chat: the ChatBackend seam, and a local llama.cpp model whose tokens flow from a worker thread
 into asyncio.
 
-A backend streams ChatEvents: text deltas to speak and, from models that call functions, tool calls. Other
-backends (OpenAI, any OpenAI-compatible server, local-with-fallback) are in llm_backends.py."""
+A backend streams ChatEvents: text deltas to speak and, when it is offered tools, the calls the model makes.
+Other backends (OpenAI, any OpenAI-compatible server, local-with-fallback) are in llm_backends.py."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-Message = dict[str, str]
+# OpenAI's chat message shape: role and content, and for tool use an assistant's `tool_calls` and a `tool`
+# message's `tool_call_id`.
+Message = dict[str, Any]
 _DONE = object()
 
 
@@ -40,11 +44,26 @@ class ToolCall:
 ChatEvent = TextDelta | ToolCall
 
 
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function offered to the model: its name, what it does, and its arguments as a JSON schema."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+    def openai(self) -> dict[str, Any]:
+        return {"type": "function",
+                "function": {"name": self.name, "description": self.description, "parameters": self.parameters}}
+
+
 class ChatBackend(Protocol):
     name: str  # which backend answers: "local", "openai", "local+openai"
 
-    def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
-        """The reply to `messages` as it is generated; `key` (the call) may steer it to a warm cache."""
+    def stream(self, messages: list[Message], key: str = "", tools: Sequence[ToolSpec] = (),
+               force_tool: str | None = None) -> AsyncGenerator[ChatEvent, None]:
+        """The reply to `messages` as it is generated; `key` (the call) may steer it to a warm cache. With
+        `tools`, the model may call them; `force_tool` makes it call that one (arguments only, no text)."""
         ...
 
     @property
@@ -68,13 +87,114 @@ def fit_history(messages: list[Message], budget: int, count_tokens: Callable[[st
     tokens, so a long call never overflows the model's context."""
     system = [m for m in messages[:1] if m["role"] == "system"]
     rest = messages[len(system) :]
-    costs = [count_tokens(m["content"]) + TEMPLATE_TOKENS for m in system + rest]
+    costs = [count_tokens(m.get("content") or "") + TEMPLATE_TOKENS + len(json.dumps(m.get("tool_calls", "")))
+             // 3 for m in system + rest]
     total = sum(costs)
     start = 0
     while total > budget and start < len(rest) - 1:
         total -= costs[len(system) + start]
         start += 1
     return system + rest[start:]
+
+
+class ToolCallAssembler:
+    """OpenAI (and llama.cpp's grammar path) stream a tool call in pieces: its id and name first, then its
+    arguments in fragments, each piece tagged with the call's index. Joined here into whole ToolCalls."""
+
+    def __init__(self) -> None:
+        self._parts: dict[int, dict[str, str]] = {}
+
+    def add(self, index: int, call_id: str | None, name: str | None, arguments: str | None) -> None:
+        part = self._parts.setdefault(index, {"id": "", "name": "", "arguments": ""})
+        part["id"] = call_id or part["id"]
+        if name and not part["name"]:  # sent once, with the first piece
+            part["name"] = name
+        part["arguments"] += arguments or ""
+
+    def finish(self) -> list[ToolCall]:
+        calls = [ToolCall(p["id"], p["name"], p["arguments"]) for _, p in sorted(self._parts.items()) if p["name"]]
+        self._parts.clear()
+        return calls
+
+
+OPEN_TAG, CLOSE_TAG = "<tool_call>", "</tool_call>"
+_call_ids = itertools.count(1)
+
+
+def tool_prompt(tools: Sequence[ToolSpec]) -> str:
+    """Tools described for a model without an API for them, in the Hermes format that Qwen2.5, Hermes and many
+    other instruct models were trained on (it is what their own chat templates write)."""
+    listed = "\n".join(json.dumps(tool.openai(), ensure_ascii=False) for tool in tools)
+    return ("\n\n# Tools\n\nYou may call one or more functions to assist with the user query. The functions are "
+            f"listed within <tools></tools>:\n<tools>\n{listed}\n</tools>\n\nTo call a function, write a JSON "
+            f"object with its name and arguments within {OPEN_TAG}{CLOSE_TAG} tags:\n{OPEN_TAG}\n"
+            f'{{"name": <function-name>, "arguments": <args-json-object>}}\n{CLOSE_TAG}')
+
+
+class TaggedToolCalls:
+    """Splits a model's streamed text into the text to speak and the <tool_call>{json}</tool_call> blocks it
+    writes in the Hermes format. Text that might be the start of a tag is held back until it is known."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._inside = False
+
+    def push(self, text: str) -> list[ChatEvent]:
+        self._buffer += text
+        events: list[ChatEvent] = []
+        while True:
+            tag = CLOSE_TAG if self._inside else OPEN_TAG
+            found = self._buffer.find(tag)
+            if found < 0:
+                break
+            before, self._buffer = self._buffer[:found], self._buffer[found + len(tag):]
+            if self._inside:
+                events.extend(self._call(before))
+            elif before:
+                events.append(TextDelta(before))
+            self._inside = not self._inside
+        if not self._inside:
+            keep = next((n for n in range(len(OPEN_TAG) - 1, 0, -1) if self._buffer.endswith(OPEN_TAG[:n])), 0)
+            if len(self._buffer) > keep:
+                events.append(TextDelta(self._buffer[:len(self._buffer) - keep]))
+                self._buffer = self._buffer[len(self._buffer) - keep:]
+        return events
+
+    def finish(self) -> list[ChatEvent]:
+        """The end of the reply: a call left open (the model stopped at its token limit) is still tried."""
+        rest, inside, self._buffer, self._inside = self._buffer, self._inside, "", False
+        if inside:
+            return self._call(rest)
+        return [TextDelta(rest)] if rest else []
+
+    @staticmethod
+    def _call(body: str) -> list[ChatEvent]:
+        try:
+            call = json.loads(body)
+            name, arguments = call["name"], call.get("arguments", {})
+            if not isinstance(name, str):
+                raise TypeError("name is not a string")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("the model wrote a tool call that does not parse (%s); ignored", type(exc).__name__)
+            return []
+        text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        return [ToolCall(f"call_{next(_call_ids)}", name, text)]
+
+
+def as_plain_text(messages: list[Message]) -> list[Message]:
+    """Tool calls and results written into plain messages, Hermes-style, for a chat template that knows only
+    role and content."""
+    plain: list[Message] = []
+    for message in messages:
+        if message["role"] == "tool":
+            plain.append({"role": "user", "content": f"<tool_response>\n{message['content']}\n</tool_response>"})
+        elif message.get("tool_calls"):
+            calls = "\n".join(f'{OPEN_TAG}\n{{"name": {json.dumps(c["function"]["name"])}, "arguments": '
+                              f'{c["function"]["arguments"] or "{}"}}}\n{CLOSE_TAG}' for c in message["tool_calls"])
+            plain.append({"role": "assistant", "content": ((message.get("content") or "") + "\n" + calls).strip()})
+        else:
+            plain.append(message)
+    return plain
 
 
 class InstancePool:
@@ -145,19 +265,23 @@ class LlamaChat:
         ]
         self.name = "local"
         self.model_path = model_path
-        # The chat template comes from the GGUF's own metadata (ChatML, Llama 3, Qwen, ...).
+        # The chat template comes from the GGUF's own metadata (ChatML, Llama 3, Qwen, ...). One that writes
+        # tools into the prompt marks a model trained to call them.
         self.chat_format = str(self.instances[0].chat_format)
+        self.knows_tools = "tools" in str(self.instances[0].metadata.get("tokenizer.chat_template", ""))
         self.n_ctx = n_ctx
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._pool: InstancePool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
 
-    def warm(self, system_prompt: str) -> None:
-        """Evaluate the system prompt on every instance, so its KV prefix is cached before the first call."""
+    def warm(self, system_prompt: str, tools: Sequence[ToolSpec] = ()) -> None:
+        """Evaluate the system prompt (with the tools offered) on every instance, so its KV prefix is cached
+        before the first call."""
+        system = system_prompt + (tool_prompt(tools) if tools else "")
         for model in self.instances:
             model.create_chat_completion(
-                messages=[{"role": "system", "content": system_prompt}, {"role": "user", "content": "Hi"}],
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": "Hi"}],
                 max_tokens=1,
             )
 
@@ -174,24 +298,62 @@ class LlamaChat:
 
     def report(self) -> dict[str, object]:
         return {"backend": self.name, "model": self.model_path.name, "chat_format": self.chat_format,
-                "context": self.n_ctx, "instances": len(self.instances)}
+                "context": self.n_ctx, "instances": len(self.instances), "template_knows_tools": self.knows_tools}
 
-    def _generate(self, model: Any, messages: list[Message], emit: Any, cancelled: threading.Event) -> None:
-        chunks = model.create_chat_completion(
-            messages=self.fit_history(messages),
-            stream=True,
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-        )
+    def _generate(self, model: Any, messages: list[Message], emit: Callable[[ChatEvent], None],
+                  cancelled: threading.Event, tools: Sequence[ToolSpec], force_tool: str | None) -> None:
+        """Offered tools are described in the system prompt and called in <tool_call> tags (any GGUF template
+        carries that); a forced tool's arguments are generated under a grammar made from its JSON schema."""
+        messages = self.fit_history(as_plain_text(messages))
+        if force_tool is not None:
+            emit(self._forced_call(model, messages, next(t for t in tools if t.name == force_tool)))
+            return
+        if tools and messages and messages[0]["role"] == "system":
+            messages = [{"role": "system", "content": messages[0]["content"] + tool_prompt(tools)}, *messages[1:]]
+        chunks = model.create_chat_completion(messages=messages, stream=True, max_tokens=self.max_tokens,
+                                              temperature=self.temperature)
+        tagged = TaggedToolCalls()
         try:
             for chunk in chunks:
                 if cancelled.is_set():
-                    break
-                delta = chunk["choices"][0]["delta"].get("content")
-                if delta:
-                    emit(delta)
+                    return
+                if text := chunk["choices"][0]["delta"].get("content"):
+                    for event in tagged.push(text) if tools else [TextDelta(text)]:
+                        emit(event)
+            for event in tagged.finish():
+                emit(event)
         finally:
             chunks.close()
+
+    def _forced_call(self, model: Any, messages: list[Message], tool: ToolSpec) -> ToolCall:
+        """The arguments of `tool`, generated as JSON that fits its schema. The prompt is the GGUF's own chat
+        template (llama-cpp-python 0.3.36 drops the grammar in its chat path, so the completion is made here)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+        template = model.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ValueError(f"{self.model_path.name} has no chat template: a forced tool call needs one")
+        eos, bos = (model.detokenize([token]).decode("utf-8", "replace") for token in (model.token_eos(),
+                                                                                       model.token_bos()))
+        prompt = Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos)(messages=messages).prompt  # type: ignore[arg-type]
+        text = ""
+        # Near-greedy sampling lets tokens past the grammar (llama-cpp-python 0.3.36: at temperature 0 it wrote
+        # '{"n": "4521 }\n\nYou can...'); a fixed seed keeps a retry at a livelier temperature repeatable.
+        for temperature in (max(self.temperature, 0.3), 0.8):
+            try:
+                grammar = LlamaGrammar.from_json_schema(json.dumps(tool.parameters), verbose=False)
+            except (ValueError, NotImplementedError, KeyError, RuntimeError):  # beyond llama.cpp's converter:
+                grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)  # any JSON, checked afterwards
+            completion = model.create_completion(prompt, grammar=grammar, max_tokens=self.max_tokens,
+                                                 temperature=temperature, seed=0)
+            text = completion["choices"][0]["text"]
+            try:
+                json.loads(text)
+                break
+            except ValueError:
+                log.warning("the forced %s call was not JSON at temperature %.1f", tool.name, temperature)
+        return ToolCall(f"call_{next(_call_ids)}", tool.name, text)
 
     def _instances_pool(self) -> InstancePool:
         loop = asyncio.get_running_loop()  # futures belong to one loop; tests and tools may run several
@@ -199,8 +361,9 @@ class LlamaChat:
             self._pool, self._pool_loop = InstancePool(self.instances), loop
         return self._pool
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
-        """Stream the reply's text deltas; `key` (the call) steers the turn to its call's last instance."""
+    async def stream(self, messages: list[Message], key: str = "", tools: Sequence[ToolSpec] = (),
+                     force_tool: str | None = None) -> AsyncGenerator[ChatEvent, None]:
+        """Stream the reply's events; `key` (the call) steers the turn to its call's last instance."""
         loop = asyncio.get_running_loop()
         pool = self._instances_pool()
         model = await pool.acquire(key)
@@ -212,7 +375,7 @@ class LlamaChat:
 
         def work() -> None:
             try:
-                self._generate(model, messages, emit, cancelled)
+                self._generate(model, messages, emit, cancelled, tools, force_tool)
             except BaseException as exc:  # handed to the awaiting side, which re-raises it
                 emit(exc)
             finally:
@@ -226,7 +389,8 @@ class LlamaChat:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                yield TextDelta(str(item))
+                assert isinstance(item, TextDelta | ToolCall)
+                yield item
         finally:
             # A cancelled turn (barge-in, hang-up, a speculation that lost) stops at the next token; the
             # instance goes back only once its thread has let go of it.

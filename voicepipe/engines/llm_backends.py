@@ -10,11 +10,11 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from voicepipe.engines.llm import ChatBackend, ChatEvent, Message, TextDelta, ToolCall, fit_history
+from voicepipe.engines.llm import ChatBackend, ChatEvent, Message, TextDelta, ToolCallAssembler, ToolSpec, fit_history
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,20 @@ class OpenAIChat:
         page = await self.client.with_options(timeout=timeout).models.list()
         return [model.id async for model in page]
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
+    async def stream(self, messages: list[Message], key: str = "", tools: Sequence[ToolSpec] = (),
+                     force_tool: str | None = None) -> AsyncGenerator[ChatEvent, None]:
+        options: dict[str, Any] = {}
+        if tools:
+            options["tools"] = [tool.openai() for tool in tools]
+        if force_tool is not None:
+            options["tool_choice"] = {"type": "function", "function": {"name": force_tool}}
         chunks: Any = await self.client.chat.completions.create(
             model=self.model,
             messages=self.fit_history(messages),  # type: ignore[arg-type]
             stream=True,
             max_tokens=self.max_tokens,
             temperature=self.temperature,
+            **options,
         )
         calls = ToolCallAssembler()
         try:
@@ -97,26 +104,6 @@ def server_host(base_url: str) -> str:
     return (parts.hostname or "?") + (f":{parts.port}" if parts.port else "")
 
 
-class ToolCallAssembler:
-    """OpenAI streams a tool call in pieces: its id and name first, then its arguments in fragments, each piece
-    tagged with the call's index. Joined here into whole ToolCalls."""
-
-    def __init__(self) -> None:
-        self._parts: dict[int, dict[str, str]] = {}
-
-    def add(self, index: int, call_id: str | None, name: str | None, arguments: str | None) -> None:
-        part = self._parts.setdefault(index, {"id": "", "name": "", "arguments": ""})
-        part["id"] = call_id or part["id"]
-        if name and not part["name"]:  # sent once, with the first piece
-            part["name"] = name
-        part["arguments"] += arguments or ""
-
-    def finish(self) -> list[ToolCall]:
-        calls = [ToolCall(p["id"], p["name"], p["arguments"]) for _, p in sorted(self._parts.items()) if p["name"]]
-        self._parts.clear()
-        return calls
-
-
 class FallbackChat:
     """The local model first; the OpenAI-compatible server for a turn when the local model fails, gives no
     first token within `first_token_timeout` seconds, or is saturated (all instances busy). After a failure the
@@ -140,10 +127,11 @@ class FallbackChat:
     def saturated(self) -> bool:
         return False  # the server takes what the local model cannot
 
-    async def stream(self, messages: list[Message], key: str = "") -> AsyncGenerator[ChatEvent, None]:
+    async def stream(self, messages: list[Message], key: str = "", tools: Sequence[ToolSpec] = (),
+                     force_tool: str | None = None) -> AsyncGenerator[ChatEvent, None]:
         reason = self._reason_to_skip_primary()
         if reason is None and self.primary is not None:
-            deltas = self.primary.stream(messages, key)
+            deltas = self.primary.stream(messages, key, tools, force_tool)
             try:
                 async with asyncio.timeout(self.first_token_timeout):
                     first = await anext(deltas, None)
@@ -166,7 +154,7 @@ class FallbackChat:
         self.last_fallback_reason = reason
         self.answers[self.secondary.name] += 1
         log.info("turn answered by %s (fallback: local %s)", self.secondary.name, reason)
-        async for delta in self.secondary.stream(messages, key):
+        async for delta in self.secondary.stream(messages, key, tools, force_tool):
             yield delta
 
     def _reason_to_skip_primary(self) -> str | None:

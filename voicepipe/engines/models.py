@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import numpy as np
 
 from voicepipe.audio.vad import load_silero
 from voicepipe.config import Settings
-from voicepipe.engines.llm import ChatBackend, LlamaChat
+from voicepipe.engines.llm import ChatBackend, LlamaChat, ToolSpec
 from voicepipe.engines.llm_backends import FallbackChat, OpenAIChat
 from voicepipe.engines.stt import Transcriber, WhisperTranscriber
 from voicepipe.engines.tts import PiperSynthesizer, Synthesizer, synthesize
@@ -51,6 +51,7 @@ class Models:
     silero: Any = None  # onnxruntime session of Silero VAD, shared; each call keeps its own state
     device: str = "cpu"
     turn_model: TurnModel | None = None  # judges the end of a turn (None: a fixed silence does)
+    tools_offered: bool = True  # the model is offered tools (VOICEPIPE_LLM_TOOLS; see offers_tools)
 
 
 def _require(settings: Settings, path: Path, setting: str, what: str) -> None:
@@ -148,8 +149,18 @@ def load_chat(settings: Settings, device: str = "cpu") -> ChatBackend:
     return FallbackChat(local, remote, settings.llm_first_token_timeout_s, settings.llm_cooldown_s)
 
 
-def load_models(settings: Settings) -> Models:
-    """Blocking: loads and warms every model. Call from a worker thread inside a server."""
+def offers_tools(settings: Settings, chat: ChatBackend) -> bool:
+    """VOICEPIPE_LLM_TOOLS=auto: a server's API takes tools; a local GGUF is offered them when its chat template
+    has a tool format (a model trained to call them; a tiny one without would only be confused)."""
+    if settings.llm_tools != "auto":
+        return settings.llm_tools == "on"
+    local = chat.primary if isinstance(chat, FallbackChat) else chat
+    return not isinstance(local, LlamaChat) or local.knows_tools
+
+
+def load_models(settings: Settings, tools: Sequence[ToolSpec] = ()) -> Models:
+    """Blocking: loads and warms every model (the local LLM with `tools` in its prompt, when they are offered).
+    Call from a worker thread inside a server."""
     check_model_files(settings)
     device = resolve_device(settings)
     seconds: dict[str, float] = {}
@@ -165,6 +176,12 @@ def load_models(settings: Settings) -> Models:
 
     started = time.perf_counter()
     chat = load_chat(settings, device)
+    tools_offered = offers_tools(settings, chat)
+    local = chat.primary if isinstance(chat, FallbackChat) else chat
+    if tools_offered and tools and isinstance(local, LlamaChat):
+        local.warm(settings.system_prompt, tools)
+    log.info("tools offered to the model: %s", ", ".join(t.name for t in tools) if tools_offered else
+             "none (its chat template has no tool format; VOICEPIPE_LLM_TOOLS=on offers them anyway)")
     seconds["llm"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -185,4 +202,4 @@ def load_models(settings: Settings) -> Models:
 
     log.info("models loaded and warm on %s: %s", device, ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
     return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, load_seconds=seconds, silero=silero,
-                  device=device, turn_model=turn_model)
+                  device=device, turn_model=turn_model, tools_offered=tools_offered)

@@ -19,7 +19,7 @@ from voicepipe.telephony.signatures import public_base, signature_holds, signed_
 
 log = logging.getLogger(__name__)
 
-SIGNED_PATHS = ("/voice", "/status", "/media")
+SIGNED_PATHS = ("/voice", "/status", "/amd", "/media")
 # Headers a proxy or tunnel adds (cloudflared: Cf-Connecting-IP and X-Forwarded-For; ngrok: X-Forwarded-For).
 FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Real-IP",
                       "Cf-Connecting-IP", "True-Client-IP")

@@ -11,12 +11,13 @@ from aiohttp import WSCloseCode, web
 
 from voicepipe.config import ConfigError, Settings
 from voicepipe.conversation.phrases import prepare_phrases
+from voicepipe.conversation.tools import build_toolbox
 from voicepipe.engines.models import Models, load_models
 from voicepipe.service.access import guard, is_loopback, require_operator
 from voicepipe.service.media import media
 from voicepipe.service.records import SqliteCallRecords
 from voicepipe.service.state import SERVICE, Service
-from voicepipe.service.webhooks import status, voice
+from voicepipe.service.webhooks import amd, status, voice
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     """Build the app; without `models`, they are loaded (and warmed) before the server accepts calls."""
     app = web.Application(client_max_size=64 * 1024, middlewares=[guard])
     service = app[SERVICE] = Service(settings)
+    service.tools = build_toolbox(settings)
 
     async def records_ctx(app: web.Application) -> AsyncIterator[None]:
         records = SqliteCallRecords(settings.data_dir, on_error=lambda kind: service.metrics.error("records", kind))
@@ -75,7 +77,8 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
         await asyncio.to_thread(records.close)  # what is still queued is written first
 
     async def models_ctx(app: web.Application) -> AsyncIterator[None]:
-        service.models = models if models is not None else await asyncio.to_thread(load_models, settings)
+        service.models = models if models is not None else await asyncio.to_thread(load_models, settings,
+                                                                                    service.tools.specs)
         service.phrases = await asyncio.to_thread(prepare_phrases, settings, service.models.synthesizer)
         yield
 
@@ -84,6 +87,7 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     app.on_shutdown.append(_close_sockets)
     app.router.add_post("/voice", voice)
     app.router.add_post("/status", status)
+    app.router.add_post("/amd", amd)
     app.router.add_get("/media", media)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/stats", stats)

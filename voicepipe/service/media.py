@@ -19,7 +19,7 @@ from voicepipe.service.logs import call_sid_var
 from voicepipe.service.state import SERVICE, Service
 from voicepipe.service.webhooks import TOKEN_PARAMETER
 from voicepipe.telephony.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
-from voicepipe.telephony.rest import complete_call
+from voicepipe.telephony.rest import complete_call, dial_twiml, redirect_call
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +162,15 @@ class MediaStream:
             await self.ws.close(code=WSCloseCode.OK, message=b"call ended")
             await complete_call(service.settings, call_sid)
 
-        self.session = CallSession(service.settings, service.models, service.phrases, call_sid,
-                                   start.stream_sid, self.send, service.observers, hang_up)
+        async def transfer(number: str) -> bool:
+            if not await redirect_call(service.settings, call_sid, dial_twiml(number)):
+                return False
+            await self.ws.close(code=WSCloseCode.OK, message=b"call transferred")
+            return True
+
+        self.session = CallSession(service.settings, service.models, service.phrases, call_sid, start.stream_sid,
+                                   self.send, service.observers, hang_up,
+                                   service.tools if service.models.tools_offered else None, grant.caller, transfer)
         service.sessions.add(self.session)
         service.records.stream_started(call_sid)
         log.info("call started (stream %s)", safe_for_log(start.stream_sid))

@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS calls (
     status TEXT NOT NULL DEFAULT '',
     status_sequence INTEGER NOT NULL DEFAULT -1,
     outcome TEXT NOT NULL DEFAULT '',
+    answered_by TEXT NOT NULL DEFAULT '',  -- answering-machine detection: human, machine_end_beep, fax, ...
     turns INTEGER NOT NULL DEFAULT 0,
     transcript TEXT             -- JSON [{role, content}], only with VOICEPIPE_TRANSCRIPTS=1
 );
@@ -61,6 +62,8 @@ class CallRecords(Protocol):
     def status(self, call_sid: str, status: str, sequence: int | None) -> None: ...
 
     def stream_started(self, call_sid: str) -> None: ...
+
+    def answered_by(self, call_sid: str, answered_by: str) -> None: ...
 
     def turn(self, call_sid: str, turn: int, timings: dict[str, object],
              transcript: list[dict[str, str]] | None = None) -> None: ...
@@ -98,6 +101,9 @@ class SqliteCallRecords:
         self._lock = threading.Lock()  # reads, from any thread
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(calls)")}
+        if "answered_by" not in columns:  # a file from before answering-machine detection
+            self._db.execute("ALTER TABLE calls ADD COLUMN answered_by TEXT NOT NULL DEFAULT ''")
         self.on_error = on_error or (lambda kind: None)
         self._queue: queue.SimpleQueue[Write | object] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_all, name="call-records", daemon=True)
@@ -212,6 +218,10 @@ class SqliteCallRecords:
     def stream_started(self, call_sid: str) -> None:
         self._ensure(call_sid)
         self._write("UPDATE calls SET started_at = ? WHERE call_sid = ?", (time.time(), call_sid))
+
+    def answered_by(self, call_sid: str, answered_by: str) -> None:
+        self._ensure(call_sid)
+        self._write("UPDATE calls SET answered_by = ? WHERE call_sid = ?", (answered_by, call_sid))
 
     def turn(self, call_sid: str, turn: int, timings: dict[str, object],
              transcript: list[dict[str, str]] | None = None) -> None:

@@ -12,6 +12,7 @@ from aiohttp import web
 from voicepipe.config import Settings
 from voicepipe.conversation.events import CallObserver, EndedCall, Observers, TurnTimings
 from voicepipe.conversation.phrases import Phrases
+from voicepipe.conversation.tools import Toolbox
 from voicepipe.engines.models import Models
 from voicepipe.service.health import Health
 from voicepipe.service.metrics import Metrics
@@ -39,6 +40,7 @@ class Service:
     models: Models = field(init=False)
     phrases: Phrases = field(init=False)
     records: CallRecords = field(init=False)
+    tools: Toolbox = field(init=False)  # built in create_app: a bad tools file stops start-up
     metrics: Metrics = field(init=False)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ class StreamGrant:
     call_sid: str
     account_sid: str
     issued_at: float  # time.time() at /voice
+    caller: str = ""  # the caller's number (From), for the operator's tools that may send it
 
     @property
     def age(self) -> float:
@@ -36,7 +37,7 @@ class TokenStore(Protocol):
 
     ttl: float
 
-    def issue(self, call_sid: str, account_sid: str) -> str | None:
+    def issue(self, call_sid: str, account_sid: str, caller: str = "") -> str | None:
         """A new token for the call; None when this CallSid already had one (a replayed /voice)."""
         ...
 
@@ -66,11 +67,11 @@ class MemoryTokenStore:
                                or now - next(iter(self._calls.values())) > REMEMBER_CALLS_SECONDS):
             self._calls.popitem(last=False)
 
-    def issue(self, call_sid: str, account_sid: str) -> str | None:
+    def issue(self, call_sid: str, account_sid: str, caller: str = "") -> str | None:
         self._expire()
         if call_sid in self._calls:
             return None
-        grant = StreamGrant(call_sid, account_sid, time.time())
+        grant = StreamGrant(call_sid, account_sid, time.time(), caller)
         self._calls[call_sid] = grant.issued_at
         token = secrets.token_urlsafe(18)
         self._tokens[token] = grant

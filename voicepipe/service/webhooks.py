@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from aiohttp import web
 from twilio.twiml.voice_response import Connect, VoiceResponse
@@ -12,11 +13,13 @@ from voicepipe.config import BUSY_MESSAGES
 from voicepipe.service.access import read_form
 from voicepipe.service.state import SERVICE, Service
 from voicepipe.telephony.protocol import ACCOUNT_SID, is_call_sid
+from voicepipe.telephony.rest import complete_call, redirect_call, voicemail_twiml
 from voicepipe.telephony.signatures import public_base, stream_url
 
 log = logging.getLogger(__name__)
 
 TOKEN_PARAMETER = "voicepipe_token"
+ANSWERED_BY = re.compile(r"[a-z_]{1,32}")
 
 
 def twiml(response: VoiceResponse) -> web.Response:
@@ -56,7 +59,7 @@ async def voice(request: web.Request) -> web.Response:
         response.say(BUSY_MESSAGES[settings.language], language=settings.say_language, voice=settings.say_voice or None)
         response.hangup()
         return twiml(response)
-    token = service.tokens.issue(call_sid, account_sid)
+    token = service.tokens.issue(call_sid, account_sid, form.get("From", ""))
     if token is None:
         raise _replayed(service, call_sid)
     connect = Connect()
@@ -85,4 +88,28 @@ async def status(request: web.Request) -> web.Response:
     records.call_offered(call_sid, form.get("Direction", ""), form.get("From", ""), form.get("To", ""))
     # isdecimal and isascii: "²".isdigit() is True and int("²") raises.
     records.status(call_sid, call_status, int(sequence) if sequence.isascii() and sequence.isdecimal() else None)
+    return web.Response(status=204)
+
+
+async def amd(request: web.Request) -> web.Response:
+    """Twilio's answering-machine verdict on an outbound conversation call (`voicepipe call --detect-machine`):
+    a machine gets VOICEPIPE_VOICEMAIL_MESSAGE after its beep, then the call ends; a fax is hung up on."""
+    form = await read_form(request)
+    call_sid, answered_by = call_sid_of(form), form.get("AnsweredBy", "")
+    if not ANSWERED_BY.fullmatch(answered_by):
+        raise web.HTTPBadRequest(text="AnsweredBy missing or malformed\n")
+    service = request.app[SERVICE]
+    log.info("call %s answered by %s", call_sid, answered_by)
+    service.records.answered_by(call_sid, answered_by)
+    if answered_by.startswith("machine") or answered_by == "fax":
+        session = next((s for s in service.sessions if s.call_sid == call_sid), None)
+        outcome = "voicemail" if answered_by != "fax" else "fax"
+        if session is not None:
+            await session.hand_over(outcome)  # stop talking to the machine's greeting
+        if answered_by == "fax":
+            await complete_call(service.settings, call_sid)
+        elif not await redirect_call(service.settings, call_sid, voicemail_twiml(service.settings)):
+            log.warning("call %s: the voicemail could not be left", call_sid)
+        if session is None:
+            service.records.stream_ended(call_sid, outcome, 0, None)
     return web.Response(status=204)

@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twilio.twiml.voice_response import VoiceResponse
 
-from voicepipe.config import ConfigError, Settings
+from voicepipe.config import E164, ConfigError, Settings
 from voicepipe.telephony.protocol import is_call_sid
 
 log = logging.getLogger(__name__)
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 STATUS_EVENTS = ["initiated", "ringing", "answered", "completed"]
 FINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
 MAX_SAY_CHARS = 4000  # Twilio's limit on <Say> text
@@ -55,9 +53,15 @@ def say_twiml(text: str, settings: Settings) -> str:
     return str(response)
 
 
-def place_call(settings: Settings, to: str, twiml: str | None = None, client: Any = None) -> str:
+def place_call(settings: Settings, to: str, twiml: str | None = None, client: Any = None,
+               detect_machine: bool = False) -> str:
     """Start a call from TWILIO_PHONE_NUMBER to `to`; returns its CallSid. Without `twiml`, Twilio asks
-    WEBHOOK_URL/voice what to do, and reports the call's progress to WEBHOOK_URL/status."""
+    WEBHOOK_URL/voice what to do, and reports the call's progress to WEBHOOK_URL/status.
+
+    `detect_machine` asks Twilio's answering-machine detection to wait for the end of a voicemail greeting
+    (DetectMessageEnd). A one-way message then starts after the beep (Twilio holds the TwiML until it knows). A
+    conversation starts at once (async AMD) and WEBHOOK_URL/amd hears the verdict: on a machine, the server
+    leaves VOICEPIPE_VOICEMAIL_MESSAGE and hangs up."""
     to = check_number(to, "the number to call (or TO_PHONE_NUMBER)")
     from_ = check_number(settings.twilio_phone_number, "TWILIO_PHONE_NUMBER")
     client = client or twilio_client(settings)
@@ -70,6 +74,12 @@ def place_call(settings: Settings, to: str, twiml: str | None = None, client: An
                               "(a one-way --message needs none)")
         options["url"] = f"{settings.webhook_url}/voice"
         options["method"] = "POST"
+    if detect_machine:
+        options["machine_detection"] = "DetectMessageEnd"
+        if twiml is None:
+            options["async_amd"] = "true"
+            options["async_amd_status_callback"] = f"{settings.webhook_url}/amd"
+            options["async_amd_status_callback_method"] = "POST"
     if settings.webhook_url:
         options["status_callback"] = f"{settings.webhook_url}/status"
         options["status_callback_event"] = STATUS_EVENTS
@@ -100,6 +110,40 @@ def follow_call(
             return status
         time.sleep(interval)
     return last
+
+
+def dial_twiml(number: str) -> str:
+    """Move the call to a person: Twilio dials `number` and bridges the caller to it."""
+    response = VoiceResponse()
+    response.dial(number)
+    return str(response)
+
+
+def voicemail_twiml(settings: Settings) -> str:
+    response = VoiceResponse()
+    response.say(settings.voicemail_message, language=settings.say_language, voice=settings.say_voice or None)
+    response.hangup()
+    return str(response)
+
+
+async def redirect_call(settings: Settings, call_sid: str, twiml: str) -> bool:
+    """Give a live call new TwiML through the REST API (its media stream ends); False when it could not be done."""
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        log.warning("cannot redirect call %s: TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not set", call_sid)
+        return False
+    if not is_call_sid(call_sid):
+        log.warning("not redirecting call %r through the Twilio API: not a Twilio CallSid", call_sid[:40])
+        return False
+
+    def update() -> None:
+        twilio_client(settings).calls(call_sid).update(twiml=twiml)
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(update), timeout=10)
+    except Exception as exc:  # noqa: BLE001 - an API error, the network, a call already over: the caller stays
+        log.warning("could not redirect call %s through the Twilio API: %s", call_sid, exc)
+        return False
+    return True
 
 
 async def complete_call(settings: Settings, call_sid: str) -> None:
