@@ -9,7 +9,7 @@ setup:
 run: setup
 	$(VENV)/bin/voicepipe serve
 
-# The tests also use the multilingual whisper (Spanish) and espeak-ng (Spanish test speech).
+# The tests also use the multilingual whisper (Spanish), espeak-ng (Spanish test speech) and chromium (browser tests).
 test:
 	./scripts/setup.sh default multilingual-stt
 	./scripts/test_deps.sh

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# System packages the tests need beyond setup.sh: espeak-ng speaks the Spanish test utterances.
+# System packages the tests need beyond setup.sh: espeak-ng speaks the Spanish test utterances; Debian's
+# chromium is the real browser the page tests drive through Playwright (Playwright's own browser download is
+# not reachable from the build machines).
 set -euo pipefail
-if command -v espeak-ng >/dev/null; then
+missing=()
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} = 0 ]; then
     exit 0
 fi
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "Installing espeak-ng (Spanish test speech)"
-    apt-get install -y -q espeak-ng >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q espeak-ng >/dev/null; }
+    echo "Installing ${missing[*]} (test speech, browser tests)"
+    apt-get install -y -q "${missing[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
 else
-    echo "The tests need espeak-ng: sudo apt-get install espeak-ng" >&2
+    echo "The tests need: sudo apt-get install ${missing[*]}" >&2
     exit 1
 fi

@@ -401,3 +401,36 @@ async def test_keys_and_odd_marks_are_bounded(settings: Settings) -> None:
             assert not ws.closed  # the odd mark name ended nothing
         prompt = chat.prompts[0][-1]["content"]  # type: ignore[attr-defined]
         assert prompt.count("7") == 32, prompt
+
+
+async def test_the_pages_are_for_this_machine_or_the_operators_token(settings: Settings) -> None:
+    pages = ("/phone", "/dashboard", "/phone/config", "/api/calls", "/api/turns", f"/api/calls/{call_sid(50)}")
+    async with server(settings) as (url, _), aiohttp.ClientSession() as http:
+        for path in pages:
+            async with http.get(f"{url}{path}") as response:
+                assert response.status == (404 if path.startswith("/api/calls/") else 200), path  # no such call
+            async with http.get(f"{url}{path}", headers={"X-Forwarded-For": "203.0.113.9"}) as response:
+                assert response.status == 403, path
+        async with http.get(f"{url}/web/phone-worklet.js") as response:
+            assert response.status == 200 and response.content_type == "text/javascript"
+        async with http.get(f"{url}/web/..%2Fapp.py") as response:
+            assert response.status == 404
+    operator = "m" * 24
+    signed = dataclasses.replace(settings, metrics_token=operator, twilio_auth_token=AUTH_TOKEN, webhook_url=PUBLIC)
+    async with server(signed) as (url, _), aiohttp.ClientSession() as http:
+        async with http.get(f"{url}/dashboard") as response:
+            assert response.status == 401
+        async with http.get(f"{url}/dashboard?token={operator}") as response:
+            assert response.status == 200
+        async with http.get(f"{url}/api/calls", headers={"Authorization": f"Bearer {operator}"}) as response:
+            assert response.status == 200
+        # The test phone of the token's holder takes Twilio's path without Twilio's signature; nobody else does.
+        form = {"CallSid": call_sid(51), "AccountSid": ACCOUNT}
+        assert (await voice(http, url, form))[0] == 403
+        status, twiml = await voice(http, url, form, {"Authorization": f"Bearer {operator}"})
+        assert status == 200 and token_of(twiml)
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await http.ws_connect(ws_url(url) + "?token=wrong")
+        async with http.ws_connect(f"{ws_url(url)}?token={operator}") as ws:
+            await ws.send_str(start(call_sid(51), token_of(twiml)))
+            assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT  # the greeting

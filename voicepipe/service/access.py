@@ -89,8 +89,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise web.HTTPForbidden(text="unsigned mode answers only local requests: set TWILIO_AUTH_TOKEN to "
                                          "take calls through a tunnel\n")
         return await handler(request)
-    if request.path not in SIGNED_PATHS:
-        return await handler(request)
+    if request.path not in SIGNED_PATHS or operator_token_holds(request):
+        return await handler(request)  # the test phone of whoever holds the operator token
     signature = request.headers.get("X-Twilio-Signature", "")
     params = await read_form(request) if request.method == "POST" else {}
     url = signed_url(public_base(settings.webhook_url, request.host), request.path, request.path_qs)
@@ -102,14 +102,22 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return await handler(request)
 
 
-def require_operator(request: web.Request) -> None:
-    """/stats and /metrics: the bearer token when VOICEPIPE_METRICS_TOKEN is set, else a direct local request
-    (behind a tunnel the numbers, and /stats' CallSids, would otherwise be public)."""
+def operator_token_holds(request: web.Request) -> bool:
+    """The request carries VOICEPIPE_METRICS_TOKEN (the operator's token): as `Authorization: Bearer`, or as
+    `?token=` where a browser cannot set headers (a page's address, a WebSocket)."""
     token = request.app[SERVICE].settings.metrics_token
     if not token:
+        return False
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.query.get("token", "")
+    return secrets.compare_digest(given.encode("utf-8", "replace"), token.encode())
+
+
+def require_operator(request: web.Request) -> None:
+    """/stats, /metrics and the pages: the operator's token when VOICEPIPE_METRICS_TOKEN is set, else a direct
+    local request (behind a tunnel the numbers, and the CallSids, would otherwise be public)."""
+    if not request.app[SERVICE].settings.metrics_token:
         if why_not_direct_local(request) is not None:
             raise web.HTTPForbidden(text="set VOICEPIPE_METRICS_TOKEN to read this through a proxy or tunnel\n")
         return
-    given = request.headers.get("Authorization", "").encode("utf-8", "replace")
-    if not secrets.compare_digest(given, f"Bearer {token}".encode()):
+    if not operator_token_holds(request):
         raise web.HTTPUnauthorized(text="Authorization: Bearer <VOICEPIPE_METRICS_TOKEN> required\n")

@@ -15,6 +15,7 @@ from voicepipe.conversation.tools import build_toolbox
 from voicepipe.engines.models import Models, load_models
 from voicepipe.service.access import guard, is_loopback, require_operator
 from voicepipe.service.media import media
+from voicepipe.service.pages import add_pages
 from voicepipe.service.records import SqliteCallRecords
 from voicepipe.service.state import SERVICE, Service
 from voicepipe.service.webhooks import amd, status, voice
@@ -92,6 +93,7 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/stats", stats)
     app.router.add_get("/metrics", metrics)
+    add_pages(app)
     return app
 
 

@@ -75,6 +75,8 @@ class CallRecords(Protocol):
 
     def get(self, call_sid: str) -> dict[str, Any] | None: ...
 
+    def recent_turns(self, limit: int = 500) -> list[dict[str, Any]]: ...
+
     def close_interrupted(self) -> None: ...
 
     def close(self) -> None: ...
@@ -245,6 +247,13 @@ class SqliteCallRecords:
         with self._lock:
             rows = self._db.execute("SELECT * FROM calls ORDER BY created_at DESC LIMIT ?", (limit,)).fetchall()
         return [self._call(row, with_details=False) for row in rows]
+
+    def recent_turns(self, limit: int = 500) -> list[dict[str, Any]]:
+        """The last `limit` turns of every call, oldest first: timings with call_sid, turn and ended_at."""
+        with self._lock:
+            rows = self._db.execute("SELECT call_sid, timings FROM turns ORDER BY json_extract(timings, '$.ended_at') "
+                                    "DESC LIMIT ?", (limit,)).fetchall()
+        return [{**json.loads(row["timings"]), "call_sid": row["call_sid"]} for row in reversed(rows)]
 
     def get(self, call_sid: str) -> dict[str, Any] | None:
         with self._lock:
