@@ -161,6 +161,7 @@ class Settings:
     transfer_destinations: tuple[tuple[str, str], ...] = ()
     voicemail_message: str = DEFAULT_VOICEMAIL["en"]
     llm_tools: str = "auto"  # auto | on | off: offer the model tools (auto: if its API or chat template has them)
+    redis_url: str = ""  # stream tokens shared by several nodes (any node accepts any token); empty: in memory
 
     def model_path(self, name: str) -> Path:
         path = Path(name)
@@ -265,6 +266,13 @@ def _transfer_destinations(env: Mapping[str, str]) -> tuple[tuple[str, str], ...
     if len({name for name, _ in pairs}) != len(pairs):
         raise ConfigError("VOICEPIPE_TRANSFER_DESTINATIONS names a destination twice")
     return tuple(pairs)
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    url = env.get("VOICEPIPE_REDIS_URL", "").strip()
+    if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"VOICEPIPE_REDIS_URL={url!r} must be a redis://, rediss:// or unix:// URL")
+    return url
 
 
 LOOPBACK_HOSTNAMES = ("127.0.0.1", "::1", "localhost")
@@ -400,4 +408,5 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         transfer_destinations=_transfer_destinations(env),
         voicemail_message=env.get("VOICEPIPE_VOICEMAIL_MESSAGE", "").strip() or DEFAULT_VOICEMAIL[language],
         llm_tools=_choice(env, "VOICEPIPE_LLM_TOOLS", ("auto", "on", "off")),
+        redis_url=_redis_url(env),
     )

@@ -184,10 +184,12 @@ async def simulate_call(
     auth_token: str = "",
     public_url: str = "",
     account_sid: str = "AC" + "0" * 32,
+    media_url: str = "",
 ) -> CallResult:
     """One call: wait for the greeting, then play each caller turn and wait for its reply to finish playing.
     With `stay_on_line`, stay silent that many seconds more (or until the server hangs up). With
-    `auth_token`, requests are signed as Twilio signs them, over `public_url` (WEBHOOK_URL) when given."""
+    `auth_token`, requests are signed as Twilio signs them, over `public_url` (WEBHOOK_URL) when given. With
+    `media_url`, the stream goes to that server instead (another node, as a load balancer may choose)."""
     call_sid = "CA" + secrets.token_hex(16)
     stream_sid = "MZ" + secrets.token_hex(16)
     script = [t if isinstance(t, CallerTurn) else CallerTurn(audio=t) for t in turns]
@@ -202,7 +204,8 @@ async def simulate_call(
             response.raise_for_status()
             stream_url, params = _stream_from_twiml(await response.text())
         ws_headers = _signature(auth_token, stream_url, {})
-        async with http.ws_connect(_websocket_url(base_url, stream_url), autoclose=False, headers=ws_headers) as ws:
+        ws_url = _websocket_url(media_url.rstrip("/") or base_url, stream_url)
+        async with http.ws_connect(ws_url, autoclose=False, headers=ws_headers) as ws:
             playback = _Playback(speed)
             sequence = 0
 

@@ -70,6 +70,14 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     service = app[SERVICE] = Service(settings)
     service.tools = build_toolbox(settings)
 
+    async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
+        if settings.redis_url:
+            from voicepipe.service.shared_tokens import RedisTokenStore
+
+            service.tokens = RedisTokenStore(settings.redis_url)
+        yield
+        await service.tokens.close()
+
     async def records_ctx(app: web.Application) -> AsyncIterator[None]:
         records = SqliteCallRecords(settings.data_dir, on_error=lambda kind: service.metrics.error("records", kind))
         records.close_interrupted()
@@ -83,6 +91,7 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
         service.phrases = await asyncio.to_thread(prepare_phrases, settings, service.models.synthesizer)
         yield
 
+    app.cleanup_ctx.append(tokens_ctx)
     app.cleanup_ctx.append(records_ctx)
     app.cleanup_ctx.append(models_ctx)
     app.on_shutdown.append(_close_sockets)

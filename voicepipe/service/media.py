@@ -17,6 +17,7 @@ from voicepipe.conversation.session import CallSession
 from voicepipe.service.access import safe_for_log
 from voicepipe.service.logs import call_sid_var
 from voicepipe.service.state import SERVICE, Service
+from voicepipe.service.tokens import StoreUnavailable
 from voicepipe.service.webhooks import TOKEN_PARAMETER
 from voicepipe.telephony.protocol import Connected, Dtmf, Mark, Media, ProtocolError, Start, Stop, parse_event
 from voicepipe.telephony.rest import complete_call, dial_twiml, redirect_call
@@ -141,7 +142,11 @@ class MediaStream:
         if self.session is not None:
             raise StreamRejected("a second start on one stream", "second_start")
         service = self.service
-        grant = service.tokens.redeem(start.custom_parameters.get(TOKEN_PARAMETER, ""))
+        try:
+            grant = await service.tokens.redeem(start.custom_parameters.get(TOKEN_PARAMETER, ""))
+        except StoreUnavailable:
+            raise StreamRejected("the shared token store is unavailable", "store_unavailable",
+                                 WSCloseCode.TRY_AGAIN_LATER) from None
         if grant is None:
             raise StreamRejected("start without a valid call token from /voice", "bad_token")
         if grant.age > service.tokens.ttl:

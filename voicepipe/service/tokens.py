@@ -31,25 +31,30 @@ class StreamGrant:
         return time.time() - self.issued_at
 
 
+class StoreUnavailable(Exception):
+    """The shared store cannot be reached: no new call can be given a token (calls under way go on)."""
+
+
 class TokenStore(Protocol):
-    """Where tokens live between /voice and the stream's `start`. MemoryTokenStore serves one process; a shared
-    store lets the stream reach another node than the one that answered /voice."""
+    """Where tokens live between /voice and the stream's `start`. MemoryTokenStore serves one process;
+    RedisTokenStore (shared_tokens.py) lets the stream reach another node than the one that answered /voice."""
 
     ttl: float
 
-    def issue(self, call_sid: str, account_sid: str, caller: str = "") -> str | None:
+    async def issue(self, call_sid: str, account_sid: str, caller: str = "") -> str | None:
         """A new token for the call; None when this CallSid already had one (a replayed /voice)."""
         ...
 
-    def redeem(self, token: str) -> StreamGrant | None:
+    async def redeem(self, token: str) -> StreamGrant | None:
         """What the token was issued for, once; None for a token never issued or already used. An expired
         token is returned too (for a clear refusal): the caller checks `age` against `ttl`."""
         ...
 
-    @property
-    def pending(self) -> int:
+    async def pending(self) -> int:
         """Tokens issued, not yet redeemed nor expired: calls about to open a stream."""
         ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryTokenStore:
@@ -67,7 +72,7 @@ class MemoryTokenStore:
                                or now - next(iter(self._calls.values())) > REMEMBER_CALLS_SECONDS):
             self._calls.popitem(last=False)
 
-    def issue(self, call_sid: str, account_sid: str, caller: str = "") -> str | None:
+    async def issue(self, call_sid: str, account_sid: str, caller: str = "") -> str | None:
         self._expire()
         if call_sid in self._calls:
             return None
@@ -77,11 +82,13 @@ class MemoryTokenStore:
         self._tokens[token] = grant
         return token
 
-    def redeem(self, token: str) -> StreamGrant | None:
+    async def redeem(self, token: str) -> StreamGrant | None:
         self._expire()
         return self._tokens.pop(token, None)
 
-    @property
-    def pending(self) -> int:
+    async def pending(self) -> int:
         self._expire()
         return sum(1 for grant in self._tokens.values() if grant.age <= self.ttl)
+
+    async def close(self) -> None:
+        pass

@@ -12,6 +12,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 from voicepipe.config import BUSY_MESSAGES
 from voicepipe.service.access import read_form
 from voicepipe.service.state import SERVICE, Service
+from voicepipe.service.tokens import StoreUnavailable
 from voicepipe.telephony.protocol import ACCOUNT_SID, is_call_sid
 from voicepipe.telephony.rest import complete_call, redirect_call, voicemail_twiml
 from voicepipe.telephony.signatures import public_base, stream_url
@@ -50,23 +51,36 @@ async def voice(request: web.Request) -> web.Response:
         raise _replayed(service, call_sid)
     service.records.call_offered(call_sid, form.get("Direction", ""), form.get("From", ""), form.get("To", ""),
                                  settings.language)
-    response = VoiceResponse()
-    if service.draining or len(service.sockets) + service.tokens.pending >= settings.max_calls:
+    try:
+        full = service.draining or len(service.sockets) + await service.tokens.pending() >= settings.max_calls
+        token = None if full else await service.tokens.issue(call_sid, account_sid, form.get("From", ""))
+    except StoreUnavailable as exc:
+        log.error("call %s refused: the shared token store is unavailable (%s)", call_sid, exc)
+        service.metrics.error("webhook", "store_unavailable")
+        return _busy(service, call_sid)
+    if full:
         # Saying so beats connecting a stream that would stutter for everyone.
         log.warning("call %s refused: %d calls is the maximum (VOICEPIPE_MAX_CALLS)", call_sid, settings.max_calls)
-        service.metrics.calls.labels("busy").inc()
-        service.records.stream_ended(call_sid, "busy", 0, None)
-        response.say(BUSY_MESSAGES[settings.language], language=settings.say_language, voice=settings.say_voice or None)
-        response.hangup()
-        return twiml(response)
-    token = service.tokens.issue(call_sid, account_sid, form.get("From", ""))
+        return _busy(service, call_sid)
     if token is None:
         raise _replayed(service, call_sid)
+    response = VoiceResponse()
     connect = Connect()
     stream = connect.stream(url=stream_url(public_base(settings.webhook_url, request.host)))
     stream.parameter(name=TOKEN_PARAMETER, value=token)
     response.append(connect)
     log.info("incoming call %s: connecting media stream", call_sid)
+    return twiml(response)
+
+
+def _busy(service: Service, call_sid: str) -> web.Response:
+    """The spoken "lines are busy", and a hang-up."""
+    settings = service.settings
+    service.metrics.calls.labels("busy").inc()
+    service.records.stream_ended(call_sid, "busy", 0, None)
+    response = VoiceResponse()
+    response.say(BUSY_MESSAGES[settings.language], language=settings.say_language, voice=settings.say_voice or None)
+    response.hangup()
     return twiml(response)
 
 
