@@ -18,12 +18,13 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.helpers import call_sid, free_port
-from voicepipe.service.shared_tokens import RedisTokenStore
+from voicepipe.service.cluster import NODE_TTL_SECONDS, RedisTokenStore
 from voicepipe.service.tokens import StoreUnavailable
 from voicepipe.simulate import CallRefused, simulate_call
 
@@ -102,10 +103,12 @@ def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 
 @contextlib.contextmanager
-def node(tmp_path: Path, name: str, redis_url: str) -> Iterator[str]:
-    """A real `voicepipe serve` process with the default models and the shared Redis; yields its URL."""
+def node_process(tmp_path: Path, name: str, redis_url: str, max_calls: int = 4
+                 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `voicepipe serve` process with the default models and the shared Redis; yields its URL and it."""
     port = free_port()
     env = {**os.environ, "VOICEPIPE_PORT": str(port), "VOICEPIPE_REDIS_URL": redis_url,
+           "VOICEPIPE_MAX_CALLS": str(max_calls), "VOICEPIPE_SILENCE_REPROMPT_S": "60",
            "VOICEPIPE_DATA_DIR": str(tmp_path / name), "VOICEPIPE_MODELS_DIR": str(ROOT / "models"),
            "TWILIO_AUTH_TOKEN": "", "WEBHOOK_URL": ""}
     process = subprocess.Popen([sys.executable, "-m", "voicepipe", "serve"], env=env, cwd=tmp_path,
@@ -117,10 +120,30 @@ def node(tmp_path: Path, name: str, redis_url: str) -> Iterator[str]:
                 break
             assert process.poll() is None, process.stderr.read().decode()[-2000:] if process.stderr else ""
             time.sleep(0.1)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(60)
+
+
+@contextlib.contextmanager
+def node(tmp_path: Path, name: str, redis_url: str) -> Iterator[str]:
+    with node_process(tmp_path, name, redis_url) as (url, _):
+        yield url
+
+
+async def cluster_view(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/healthz") as response:
+        return dict((await response.json())["cluster"])
+
+
+async def until(check: Any, seconds: float) -> float:
+    """Poll `check()` (async) until it is true; returns how long that took."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < seconds, "timed out"
+        await asyncio.sleep(0.2)
+    return time.monotonic() - started
 
 
 @pytest.mark.models
@@ -144,3 +167,44 @@ async def test_voice_on_one_node_and_the_stream_on_another_make_one_call(
         assert [t.voice_to_voice is not None for t in live.turns] == [True, True]
         with pytest.raises(CallRefused, match="busy"):
             await simulate_call(b, [speech_dir / "thanks.wav"])
+
+
+@pytest.mark.models
+async def test_the_clusters_maximum_holds_across_nodes_and_a_dead_nodes_slots_free(
+    tmp_path: Path, speech_dir: Path
+) -> None:
+    with private_redis() as (redis_url, _), node_process(tmp_path, "a", redis_url, max_calls=1) as (a, _), \
+            node_process(tmp_path, "b", redis_url, max_calls=1) as (b, b_process):
+        # One call on each node (each answered at the other's /voice): the cluster's 2 slots are taken.
+        held = [asyncio.create_task(simulate_call(a, [], stay_on_line=25, media_url=b)),
+                asyncio.create_task(simulate_call(b, [], stay_on_line=25, media_url=a))]
+        await until(lambda: calls_are(a, 2), 20)
+        for entry in (a, b):
+            with pytest.raises(CallRefused, match="busy"):
+                await simulate_call(entry, [speech_dir / "thanks.wav"])
+        # Node b dies with its call: its heartbeat stops, and within the TTL the cluster is a alone (a full).
+        b_process.kill()
+        gone = await until(lambda: nodes_are(a, 1), NODE_TTL_SECONDS + 5)
+        with pytest.raises(CallRefused, match="busy"):
+            await simulate_call(a, [speech_dir / "thanks.wav"])
+        # A new node brings room: b's dead call holds nothing.
+        with node_process(tmp_path, "c", redis_url, max_calls=1) as (c, c_process):
+            await until(lambda: nodes_are(a, 2), 10)
+            result = await simulate_call(a, [speech_dir / "thanks.wav"], media_url=c)
+            assert result.turns[0].voice_to_voice is not None
+            # Draining (SIGTERM) leaves the registry at once, well before the heartbeat TTL would.
+            c_process.terminate()
+            left = await until(lambda: nodes_are(a, 1), NODE_TTL_SECONDS)
+        for task in held:
+            task.cancel()
+    print(f"\ndead node gone from the cluster after {gone:.1f} s (TTL {NODE_TTL_SECONDS:.0f} s); "
+          f"a draining node after {left:.1f} s")
+    assert left < NODE_TTL_SECONDS / 2
+
+
+async def calls_are(url: str, count: int) -> bool:
+    return (await cluster_view(url)).get("calls") == count
+
+
+async def nodes_are(url: str, count: int) -> bool:
+    return (await cluster_view(url)).get("nodes") == count

@@ -18,9 +18,22 @@ from voicepipe.service.media import media
 from voicepipe.service.pages import add_pages
 from voicepipe.service.records import SqliteCallRecords
 from voicepipe.service.state import SERVICE, Service
+from voicepipe.service.tokens import StoreUnavailable
 from voicepipe.service.webhooks import amd, status, voice
 
 log = logging.getLogger(__name__)
+
+
+async def cluster_report(service: Service) -> dict[str, object] | None:
+    """The live nodes, their calls and their room (None outside a cluster)."""
+    if service.registry is None:
+        return None
+    try:
+        nodes = await service.registry.nodes()
+    except StoreUnavailable:
+        return {"redis": "unavailable"}
+    return {"node": service.instance_id, "nodes": len(nodes), "calls": sum(n["load"] for n in nodes),
+            "capacity": sum(n["max_calls"] for n in nodes), "in_registry": not service.registry.left}
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -37,6 +50,7 @@ async def healthz(request: web.Request) -> web.Response:
             "stages": service.health.report(),
             "llm": models.chat.report(),
             "active_calls": len(service.sessions),
+            "cluster": await cluster_report(service),
             "draining": service.draining,
             "model_load_seconds": {k: round(v, 3) for k, v in models.load_seconds.items()},
         },
@@ -70,12 +84,20 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
     service = app[SERVICE] = Service(settings)
     service.tools = build_toolbox(settings)
 
-    async def tokens_ctx(app: web.Application) -> AsyncIterator[None]:
+    async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+        heartbeat = None
         if settings.redis_url:
-            from voicepipe.service.shared_tokens import RedisTokenStore
+            from voicepipe.service.cluster import NodeRegistry, RedisTokenStore
 
-            service.tokens = RedisTokenStore(settings.redis_url)
+            tokens = service.tokens = RedisTokenStore(settings.redis_url)
+            service.registry = NodeRegistry(tokens, service.instance_id, settings.max_calls, lambda: len(service.sockets))
+            heartbeat = asyncio.get_running_loop().create_task(service.registry.beat(), name="cluster heartbeat")
+            log.info("cluster node %s: tokens and capacity shared through Redis", service.instance_id)
         yield
+        if service.registry is not None:
+            await service.registry.leave()
+        if heartbeat is not None:
+            heartbeat.cancel()
         await service.tokens.close()
 
     async def records_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -91,7 +113,7 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
         service.phrases = await asyncio.to_thread(prepare_phrases, settings, service.models.synthesizer)
         yield
 
-    app.cleanup_ctx.append(tokens_ctx)
+    app.cleanup_ctx.append(cluster_ctx)
     app.cleanup_ctx.append(records_ctx)
     app.cleanup_ctx.append(models_ctx)
     app.on_shutdown.append(_close_sockets)
@@ -134,6 +156,8 @@ async def drain(app: web.Application) -> None:
     goodbye on the ones left and hang up."""
     service = app[SERVICE]
     service.draining = True
+    if service.registry is not None:
+        await service.registry.leave()  # the cluster stops counting on this node at once
     grace = service.settings.shutdown_grace_s
     log.info("shutting down: no new calls; %d active, %.0f s grace", len(service.sessions), grace)
     loop = asyncio.get_running_loop()

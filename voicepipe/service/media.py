@@ -93,6 +93,7 @@ class MediaStream:
             raise web.HTTPServiceUnavailable(text="too many open media streams\n")
         await self.ws.prepare(self.request)
         service.sockets.add(self.ws)
+        service.load_changed()
         try:
             while await self._handle(await self._receive()):
                 pass
@@ -217,6 +218,7 @@ class MediaStream:
 
     async def _finish(self) -> None:
         self.service.sockets.discard(self.ws)
+        self.service.load_changed()
         session = self.session
         if session is not None:
             self.service.sessions.discard(session)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,10 +19,11 @@ from voicepipe.engines.models import Models
 from voicepipe.service.health import Health
 from voicepipe.service.metrics import Metrics
 from voicepipe.service.records import CallRecords
-from voicepipe.service.tokens import MemoryTokenStore, TokenStore
+from voicepipe.service.tokens import MemoryTokenStore, StoreUnavailable, TokenStore
 
 if TYPE_CHECKING:
     from voicepipe.conversation.session import CallSession
+    from voicepipe.service.cluster import NodeRegistry
 
 RECENT_TURNS = 1000  # what /stats keeps
 
@@ -36,6 +39,8 @@ class Service:
     recent_turns: deque[TurnTimings] = field(default_factory=lambda: deque(maxlen=RECENT_TURNS))
     instance_id: str = field(default_factory=lambda: secrets.token_hex(8))  # `voicepipe doctor` compares it
     draining: bool = False  # shutdown began: no new calls
+    registry: NodeRegistry | None = None  # with VOICEPIPE_REDIS_URL: this node's place in the cluster
+    _publishing: set[asyncio.Task[None]] = field(default_factory=set)
     # Set when the app starts (models load in a worker thread; the records file opens).
     models: Models = field(init=False)
     phrases: Phrases = field(init=False)
@@ -48,6 +53,29 @@ class Service:
                                chat=lambda: self.models.chat if hasattr(self, "models") else None)
         self.observers.add(self.health)
         self.observers.add(ServiceReports(self))
+
+
+    async def full(self) -> bool:
+        """No room for another call: this node's (or, in a cluster, every live node's) streams and the tokens
+        about to open one reach the maximum. May raise StoreUnavailable."""
+        if self.draining:
+            return True
+        if self.registry is not None:
+            return await self.registry.full()
+        return len(self.sockets) + await self.tokens.pending() >= self.settings.max_calls
+
+    def load_changed(self) -> None:
+        """A stream opened or closed: the cluster hears of it now, not at the next heartbeat."""
+        if self.registry is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._publish(self.registry))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    @staticmethod
+    async def _publish(registry: NodeRegistry) -> None:
+        with contextlib.suppress(StoreUnavailable):  # the heartbeat reports the outage
+            await registry.publish()
 
 
 SERVICE = web.AppKey("service", Service)

@@ -37,7 +37,7 @@ class StoreUnavailable(Exception):
 
 class TokenStore(Protocol):
     """Where tokens live between /voice and the stream's `start`. MemoryTokenStore serves one process;
-    RedisTokenStore (shared_tokens.py) lets the stream reach another node than the one that answered /voice."""
+    RedisTokenStore (cluster.py) lets the stream reach another node than the one that answered /voice."""
 
     ttl: float
 

@@ -52,7 +52,7 @@ async def voice(request: web.Request) -> web.Response:
     service.records.call_offered(call_sid, form.get("Direction", ""), form.get("From", ""), form.get("To", ""),
                                  settings.language)
     try:
-        full = service.draining or len(service.sockets) + await service.tokens.pending() >= settings.max_calls
+        full = await service.full()
         token = None if full else await service.tokens.issue(call_sid, account_sid, form.get("From", ""))
     except StoreUnavailable as exc:
         log.error("call %s refused: the shared token store is unavailable (%s)", call_sid, exc)
@@ -60,7 +60,8 @@ async def voice(request: web.Request) -> web.Response:
         return _busy(service, call_sid)
     if full:
         # Saying so beats connecting a stream that would stutter for everyone.
-        log.warning("call %s refused: %d calls is the maximum (VOICEPIPE_MAX_CALLS)", call_sid, settings.max_calls)
+        log.warning("call %s refused: no room (VOICEPIPE_MAX_CALLS %d%s)", call_sid, settings.max_calls,
+                    " on every node" if service.registry is not None else "")
         return _busy(service, call_sid)
     if token is None:
         raise _replayed(service, call_sid)
