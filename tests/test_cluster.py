@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -30,6 +31,7 @@ from voicepipe.simulate import CallRefused, simulate_call
 
 ROOT = Path(__file__).parent.parent
 REDIS_URL = os.environ.get("VOICEPIPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+DATABASE_URL = os.environ.get("VOICEPIPE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def redis_reachable(url: str) -> bool:
@@ -41,14 +43,34 @@ def redis_reachable(url: str) -> bool:
         return False
 
 
+def unavailable(reason: str) -> None:
+    """Skip with the reason; under VOICEPIPE_REQUIRE_SERVICES=1 (CI), fail instead."""
+    if os.environ.get("VOICEPIPE_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason}, and VOICEPIPE_REQUIRE_SERVICES=1 forbids skipping")
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def redis_url() -> str:
     if not redis_reachable(REDIS_URL):
-        reason = f"no Redis at {REDIS_URL} (VOICEPIPE_TEST_REDIS_URL)"
-        if os.environ.get("VOICEPIPE_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{reason}, and VOICEPIPE_REQUIRE_SERVICES=1 forbids skipping")
-        pytest.skip(reason)
+        unavailable(f"no Redis at {REDIS_URL} (VOICEPIPE_TEST_REDIS_URL)")
     return REDIS_URL
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A schema of this test's own in the project machine's PostgreSQL, dropped afterwards."""
+    import psycopg
+
+    schema = f"voicepipe_test_{secrets.token_hex(4)}"
+    try:
+        with psycopg.connect(DATABASE_URL, autocommit=True, connect_timeout=3) as db:
+            db.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.OperationalError as exc:
+        unavailable(f"no PostgreSQL at {DATABASE_URL} (VOICEPIPE_TEST_DATABASE_URL): {exc}")
+    yield f"{DATABASE_URL}{'&' if '?' in DATABASE_URL else '?'}options=-csearch_path%3D{schema}"
+    with psycopg.connect(DATABASE_URL, autocommit=True) as db:
+        db.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @pytest.fixture
@@ -103,12 +125,13 @@ def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 
 @contextlib.contextmanager
-def node_process(tmp_path: Path, name: str, redis_url: str, max_calls: int = 4
+def node_process(tmp_path: Path, name: str, redis_url: str, max_calls: int = 4, node_name: str = ""
                  ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real `voicepipe serve` process with the default models and the shared Redis; yields its URL and it."""
     port = free_port()
     env = {**os.environ, "VOICEPIPE_PORT": str(port), "VOICEPIPE_REDIS_URL": redis_url,
            "VOICEPIPE_MAX_CALLS": str(max_calls), "VOICEPIPE_SILENCE_REPROMPT_S": "60",
+           "VOICEPIPE_NODE_NAME": node_name or f"node-{name}",
            "VOICEPIPE_DATA_DIR": str(tmp_path / name), "VOICEPIPE_MODELS_DIR": str(ROOT / "models"),
            "TWILIO_AUTH_TOKEN": "", "WEBHOOK_URL": ""}
     process = subprocess.Popen([sys.executable, "-m", "voicepipe", "serve"], env=env, cwd=tmp_path,
@@ -208,3 +231,76 @@ async def calls_are(url: str, count: int) -> bool:
 
 async def nodes_are(url: str, count: int) -> bool:
     return (await cluster_view(url)).get("nodes") == count
+
+
+def test_postgres_records_migrate_once_from_several_nodes_and_keep_the_rules(database_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from voicepipe.service.records_pg import PostgresCallRecords, migrate
+
+    with ThreadPoolExecutor(4) as pool:  # four nodes starting at once
+        applied = list(pool.map(lambda _: migrate(database_url), range(4)))
+    assert sorted(applied) == [[], [], [], [1]]  # each migration ran once between them
+    a, b = PostgresCallRecords(database_url, "node-a"), PostgresCallRecords(database_url, "node-b")
+    a.call_offered(call_sid(60), "inbound", "+15550001111", "+15550002222", "en")
+    b.status(call_sid(60), "completed", 4)  # callbacks out of order, on another node
+    b.status(call_sid(60), "ringing", 1)
+    a.stream_started(call_sid(60))
+    a.turn(call_sid(60), 1, {"voice_to_voice": 0.5}, [{"role": "user", "content": "hola"}])
+    b.call_offered(call_sid(61), "inbound", "", "")
+    b.stream_started(call_sid(61))
+    assert a.flush() and b.flush()
+    call = b.get(call_sid(60))
+    assert call is not None and (call["status"], call["from_number"], call["turns"]) == ("completed", "+15550001111", 0)
+    assert [s["status"] for s in call["status_history"]] == ["ringing", "completed"]
+    assert call["turn_timings"][0]["voice_to_voice"] == 0.5 and call["transcript"][0]["content"] == "hola"
+    # node-a restarts after a crash: it closes its own open call, not node-b's live one.
+    a.close_interrupted()
+    assert a.flush()
+    assert (a.get(call_sid(60)) or {})["outcome"] == "interrupted" and (a.get(call_sid(61)) or {})["outcome"] == ""
+    assert [c["call_sid"] for c in a.recent(5)] == [call_sid(61), call_sid(60)]
+    assert [t["call_sid"] for t in b.recent_turns(5)] == [call_sid(60)]
+    a.close()
+    b.close()
+
+
+@pytest.mark.models
+async def test_records_from_both_nodes_read_back_and_a_killed_node_closes_its_call(
+    tmp_path: Path, speech_dir: Path, database_url: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from voicepipe.cli import main
+
+    monkeypatch.setenv("VOICEPIPE_DATABASE_URL", database_url)  # for the nodes, and for `voicepipe calls` here
+    with private_redis() as (redis_url, _), node_process(tmp_path, "a", redis_url) as (a, _), \
+            node_process(tmp_path, "b", redis_url) as (b, b_process):
+        first = await simulate_call(a, [speech_dir / "thanks.wav"], media_url=b)
+        async with aiohttp.ClientSession() as http:
+            for url, (status, sequence) in ((a, ("in-progress", "2")), (b, ("completed", "3"))):
+                async with http.post(f"{url}/status", data={"CallSid": first.call_sid, "CallStatus": status,
+                                                            "SequenceNumber": sequence}) as response:
+                    assert response.status == 204
+        # A second call dies with node b (kill -9) once its first turn is stored.
+        second = asyncio.create_task(simulate_call(a, [speech_dir / "capital.wav"], stay_on_line=30, media_url=b))
+        await until(lambda: turn_stored(database_url), 60)
+        b_process.kill()
+        with contextlib.suppress(Exception):
+            await second
+        with node_process(tmp_path, "b2", redis_url, node_name="node-b"):  # node-b again: it closes its lost call
+            await asyncio.sleep(2)
+    assert await asyncio.to_thread(main, ["calls"]) == 0
+    listed = capsys.readouterr().out
+    assert first.call_sid in listed and "interrupted" in listed
+    assert await asyncio.to_thread(main, ["calls", "show", first.call_sid, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [s["status"] for s in shown["status_history"]] == ["in-progress", "completed"]
+    assert shown["turns"] == 1 and shown["outcome"] == "caller_hung_up"
+
+
+async def turn_stored(database_url: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(database_url) as db:
+        row = db.execute("SELECT COUNT(*) FROM turns t JOIN calls c USING (call_sid) WHERE c.ended_at IS NULL"
+                         ).fetchone()
+    return bool(row and row[0] >= 1)

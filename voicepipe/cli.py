@@ -77,7 +77,7 @@ async def _generate_message(settings: Settings, prompt: str) -> str:
 
 def _call(args: argparse.Namespace, settings: Settings) -> int:
     """Place a call and follow it until it ends."""
-    from voicepipe.service.records import SqliteCallRecords
+    from voicepipe.service.records import open_records
     from voicepipe.telephony.rest import follow_call, place_call, say_twiml, twilio_client
 
     to = args.number or settings.to_phone_number
@@ -99,7 +99,7 @@ def _call(args: argparse.Namespace, settings: Settings) -> int:
         print(f"Twilio refused the call: {exc.msg} (error {exc.code}, HTTP {exc.status})", file=sys.stderr)
         return 1
     print(f"call {call_sid}: placed to {to}" + (" (one-way message)" if twiml else ""))
-    records = SqliteCallRecords(settings.data_dir)
+    records = open_records(settings)
     try:
         records.call_offered(call_sid, "outbound-message" if twiml else "outbound-api", settings.twilio_phone_number,
                              to, settings.language)
@@ -123,13 +123,13 @@ def _calls(args: argparse.Namespace, settings: Settings) -> int:
     import json
     from datetime import datetime
 
-    from voicepipe.service.records import SqliteCallRecords
+    from voicepipe.service.records import open_records
 
-    records = SqliteCallRecords(settings.data_dir)
+    records = open_records(settings)
     if args.show:
         call = records.get(args.show)
         if call is None:
-            print(f"no record of call {args.show} in {records.path}", file=sys.stderr)
+            print(f"no record of call {args.show} in {records.where}", file=sys.stderr)
             return 1
         if args.json:
             print(json.dumps(call, indent=2, ensure_ascii=False))

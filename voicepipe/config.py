@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,8 @@ class Settings:
     voicemail_message: str = DEFAULT_VOICEMAIL["en"]
     llm_tools: str = "auto"  # auto | on | off: offer the model tools (auto: if its API or chat template has them)
     redis_url: str = ""  # stream tokens shared by several nodes (any node accepts any token); empty: in memory
+    database_url: str = ""  # call records in PostgreSQL, shared by several nodes; empty: SQLite in data_dir
+    node_name: str = ""  # this node, in shared records: it closes its own calls after a crash (hostname:port)
 
     def model_path(self, name: str) -> Path:
         path = Path(name)
@@ -272,6 +275,13 @@ def _redis_url(env: Mapping[str, str]) -> str:
     url = env.get("VOICEPIPE_REDIS_URL", "").strip()
     if url and urlsplit(url).scheme not in ("redis", "rediss", "unix"):
         raise ConfigError(f"VOICEPIPE_REDIS_URL={url!r} must be a redis://, rediss:// or unix:// URL")
+    return url
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    url = env.get("VOICEPIPE_DATABASE_URL", "").strip()
+    if url and urlsplit(url).scheme not in ("postgresql", "postgres"):
+        raise ConfigError(f"VOICEPIPE_DATABASE_URL must be a postgresql:// URL (got {urlsplit(url).scheme}://)")
     return url
 
 
@@ -409,4 +419,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         voicemail_message=env.get("VOICEPIPE_VOICEMAIL_MESSAGE", "").strip() or DEFAULT_VOICEMAIL[language],
         llm_tools=_choice(env, "VOICEPIPE_LLM_TOOLS", ("auto", "on", "off")),
         redis_url=_redis_url(env),
+        database_url=_database_url(env),
+        node_name=env.get("VOICEPIPE_NODE_NAME", "").strip()
+        or f"{socket.gethostname()}:{env.get('VOICEPIPE_PORT', '').strip() or Settings.port}",
     )

@@ -16,7 +16,7 @@ from voicepipe.engines.models import Models, load_models
 from voicepipe.service.access import guard, is_loopback, require_operator
 from voicepipe.service.media import media
 from voicepipe.service.pages import add_pages
-from voicepipe.service.records import SqliteCallRecords
+from voicepipe.service.records import open_records
 from voicepipe.service.state import SERVICE, Service
 from voicepipe.service.tokens import StoreUnavailable
 from voicepipe.service.webhooks import amd, status, voice
@@ -101,7 +101,7 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
         await service.tokens.close()
 
     async def records_ctx(app: web.Application) -> AsyncIterator[None]:
-        records = SqliteCallRecords(settings.data_dir, on_error=lambda kind: service.metrics.error("records", kind))
+        records = await asyncio.to_thread(open_records, settings, lambda kind: service.metrics.error("records", kind))
         records.close_interrupted()
         service.records = records
         yield
