@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from voicepipe.config import ConfigError, Settings, load_settings
 from voicepipe.engines.download import load_manifest, recorded_sha256, sha256_of
@@ -191,6 +192,42 @@ def check_llm_server(settings: Settings) -> list[Finding]:
     return [Finding("llm server", True, f"{where} serves {settings.openai_model!r}")]
 
 
+def check_shared_stores(settings: Settings) -> list[Finding]:
+    """Redis and PostgreSQL, when the node is configured for a cluster: reachable, and the schema migrated."""
+    findings = []
+    if settings.redis_url:
+        import redis
+
+        where = urlsplit(settings.redis_url).hostname or "?"
+        try:
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=HTTP_TIMEOUT).ping()
+            findings.append(Finding("redis", True, f"{where} answers (stream tokens and capacity are shared)"))
+        except redis.RedisError as exc:
+            findings.append(Finding("redis", False, f"{where}: {exc}", "check VOICEPIPE_REDIS_URL and that Redis runs"))
+    if settings.database_url:
+        import psycopg
+
+        from voicepipe.service.records_pg import MIGRATIONS, server_of
+
+        where = server_of(settings.database_url)
+        try:
+            with psycopg.connect(settings.database_url, connect_timeout=int(HTTP_TIMEOUT)) as db:
+                versions = [row[0] for row in db.execute("SELECT version FROM voicepipe_schema ORDER BY version")]
+        except psycopg.errors.UndefinedTable:
+            versions = []
+        except psycopg.Error as exc:
+            reason = " ".join(str(exc).split())  # psycopg's messages span lines
+            return [*findings, Finding("postgresql", False, f"{where}: {reason}",
+                                       "check VOICEPIPE_DATABASE_URL and that PostgreSQL runs")]
+        latest = MIGRATIONS[-1][0]
+        if versions and versions[-1] >= latest:
+            findings.append(Finding("postgresql", True, f"{where}: call records, schema version {versions[-1]}"))
+        else:
+            findings.append(Finding("postgresql", True, f"{where} answers; the schema (version {latest}) is created "
+                                    "when the first node starts"))
+    return findings
+
+
 def run_doctor(load: Callable[[], Settings] = load_settings, report: Callable[[str], None] = print) -> bool:
     """Print one line per check; True when nothing needs fixing."""
     try:
@@ -205,6 +242,7 @@ def run_doctor(load: Callable[[], Settings] = load_settings, report: Callable[[s
     findings += check_server_and_tunnel(settings)
     findings += check_twilio(settings)
     findings += check_llm_server(settings)
+    findings += check_shared_stores(settings)
     for finding in findings:
         report(finding.line())
     problems = [f for f in findings if not f.ok]
