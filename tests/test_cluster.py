@@ -111,15 +111,22 @@ def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server of this test's own, on a free port, that the test may kill."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
-                               stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    for _ in range(100):
+        unavailable("redis-server is not installed")
+    for _ in range(3):  # a free port can be taken again before redis-server binds it: try another
+        port = free_port()
+        process = subprocess.Popen([str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        for _ in range(100):
+            if redis_reachable(url) or process.poll() is not None:
+                break
+            time.sleep(0.05)
         if redis_reachable(url):
             break
-        time.sleep(0.05)
+        process.kill()
+        process.wait(10)
+    else:
+        raise AssertionError("a private redis-server did not start")
     try:
         yield url, process
     finally:
@@ -138,14 +145,16 @@ def node_process(tmp_path: Path, name: str, redis_url: str, max_calls: int = 4, 
            "VOICEPIPE_NODE_NAME": node_name or f"node-{name}",
            "VOICEPIPE_DATA_DIR": str(tmp_path / name), "VOICEPIPE_MODELS_DIR": str(ROOT / "models"),
            "TWILIO_AUTH_TOKEN": TOKEN if signed else "", "WEBHOOK_URL": PUBLIC if signed else ""}
-    process = subprocess.Popen([sys.executable, "-m", "voicepipe", "serve"], env=env, cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / f"node-{name}.log"  # a file, not a pipe: a pipe nobody reads would block the node
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, "-m", "voicepipe", "serve"], env=env, cwd=tmp_path,
+                                   stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(900):
             with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/healthz", timeout=1):
                 break
-            assert process.poll() is None, process.stderr.read().decode()[-2000:] if process.stderr else ""
+            assert process.poll() is None, log.read_text()[-2000:]
             time.sleep(0.1)
         yield url, process
     finally:
@@ -205,7 +214,12 @@ async def test_the_clusters_maximum_holds_across_nodes_and_a_dead_nodes_slots_fr
         # One call on each node (each answered at the other's /voice): the cluster's 2 slots are taken.
         held = [asyncio.create_task(simulate_call(a, [], stay_on_line=25, media_url=b)),
                 asyncio.create_task(simulate_call(b, [], stay_on_line=25, media_url=a))]
-        await until(lambda: calls_are(a, 2), 20)
+        try:
+            await until(lambda: calls_are(a, 2), 30)
+        except AssertionError:
+            states = [t.exception() if t.done() else "running" for t in held]
+            logs = "".join((tmp_path / f"node-{n}.log").read_text()[-1500:] for n in "ab")
+            raise AssertionError(f"cluster {await cluster_view(a)}; calls {states}\n{logs}") from None
         for entry in (a, b):
             with pytest.raises(CallRefused, match="busy"):
                 await simulate_call(entry, [speech_dir / "thanks.wav"])
