@@ -55,6 +55,10 @@ class Service:
         self.observers.add(ServiceReports(self))
 
 
+    def session_for(self, call_sid: str) -> CallSession | None:
+        """This node's live call with that CallSid, if any."""
+        return next((s for s in self.sessions if s.call_sid == call_sid), None)
+
     async def full(self) -> bool:
         """No room for another call: this node's (or, in a cluster, every live node's) streams and the tokens
         about to open one reach the maximum. May raise StoreUnavailable."""
@@ -93,7 +97,7 @@ class ServiceReports(CallObserver):
         self.service.metrics.turn(numbers)
         said = None
         if self.service.settings.transcripts:
-            session = next((s for s in self.service.sessions if s.call_sid == timings.call_sid), None)
+            session = self.service.session_for(timings.call_sid)
             said = [m for m in session.history if m["role"] != "system"] if session is not None else None
         self.service.records.turn(timings.call_sid, timings.turn, numbers, said)
 

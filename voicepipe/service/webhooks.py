@@ -47,7 +47,7 @@ async def voice(request: web.Request) -> web.Response:
         log.warning("call %s refused: AccountSid is not TWILIO_ACCOUNT_SID", call_sid)
         service.metrics.error("webhook", "foreign_account")
         raise web.HTTPForbidden(text="this call belongs to another Twilio account\n")
-    if any(session.call_sid == call_sid for session in service.sessions):
+    if service.session_for(call_sid) is not None:
         raise _replayed(service, call_sid)
     service.records.call_offered(call_sid, form.get("Direction", ""), form.get("From", ""), form.get("To", ""),
                                  settings.language)
@@ -117,7 +117,7 @@ async def amd(request: web.Request) -> web.Response:
     log.info("call %s answered by %s", call_sid, answered_by)
     service.records.answered_by(call_sid, answered_by)
     if answered_by.startswith("machine") or answered_by == "fax":
-        session = next((s for s in service.sessions if s.call_sid == call_sid), None)
+        session = service.session_for(call_sid)
         outcome = "voicemail" if answered_by != "fax" else "fax"
         if session is not None:
             await session.hand_over(outcome)  # stop talking to the machine's greeting
