@@ -32,7 +32,7 @@ async def cluster_report(service: Service) -> dict[str, object] | None:
         nodes = await service.registry.nodes()
     except StoreUnavailable:
         return {"redis": "unavailable"}
-    return {"node": service.instance_id, "nodes": len(nodes), "calls": sum(n["load"] for n in nodes),
+    return {"node": service.instance_id, "nodes": len(nodes), "calls": sum(n.get("calls", n["load"]) for n in nodes),
             "capacity": sum(n["max_calls"] for n in nodes), "in_registry": not service.registry.left}
 
 
@@ -90,7 +90,8 @@ def create_app(settings: Settings, models: Models | None = None) -> web.Applicat
             from voicepipe.service.cluster import NodeRegistry, RedisTokenStore
 
             tokens = service.tokens = RedisTokenStore(settings.redis_url)
-            service.registry = NodeRegistry(tokens, service.instance_id, settings.max_calls, lambda: len(service.sockets))
+            service.registry = NodeRegistry(tokens, service.instance_id, settings.max_calls,
+                                            lambda: (len(service.sockets), len(service.sessions)))
             heartbeat = asyncio.get_running_loop().create_task(service.registry.beat(), name="cluster heartbeat")
             log.info("cluster node %s: tokens and capacity shared through Redis", service.instance_id)
         yield

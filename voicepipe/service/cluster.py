@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from voicepipe.service.tokens import REMEMBER_CALLS_SECONDS, TOKEN_TTL_SECONDS, StoreUnavailable, StreamGrant
+from voicepipe.service.tokens import REMEMBER_CALLS_SECONDS, TOKEN_TTL_SECONDS, StoreUnavailable, StreamGrant, occupied
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +89,13 @@ class RedisTokenStore:
 class NodeRegistry:
     """This node's heartbeat in Redis, and the cluster's capacity read from every live node's."""
 
-    def __init__(self, tokens: RedisTokenStore, node_id: str, max_calls: int, load: Callable[[], int]) -> None:
+    def __init__(self, tokens: RedisTokenStore, node_id: str, max_calls: int,
+                 load: Callable[[], tuple[int, int]]) -> None:
         self.tokens = tokens
         self.key = f"{tokens.prefix}node:{node_id}"
         self.node_id = node_id
         self.max_calls = max_calls
-        self.load = load  # this node's open media streams
+        self.load = load  # this node's (open media streams, started calls)
         self.left = False
         self._unreachable = False
 
@@ -102,7 +103,8 @@ class NodeRegistry:
         """Say this node is alive, with its load now (also called when a stream opens or closes)."""
         if self.left:
             return
-        beat = json.dumps({"node": self.node_id, "load": self.load(), "max_calls": self.max_calls})
+        sockets, calls = self.load()
+        beat = json.dumps({"node": self.node_id, "load": sockets, "calls": calls, "max_calls": self.max_calls})
         await guarded(self.tokens.redis.set(self.key, beat, ex=int(NODE_TTL_SECONDS)))
 
     async def beat(self) -> None:
@@ -137,7 +139,8 @@ class NodeRegistry:
         return [json.loads(beat) for beat in beats if beat]
 
     async def full(self) -> bool:
-        """The live nodes' calls and the tokens about to open a stream fill the sum of their maxima."""
+        """The live nodes' calls and the tokens about to open a stream fill the sum of their maxima (see
+        occupied: a stream between its socket and its `start` counts once)."""
         nodes = await self.nodes()
-        load = sum(int(n["load"]) for n in nodes) + await self.tokens.pending()
-        return load >= sum(int(n["max_calls"]) for n in nodes)
+        sockets, calls = sum(int(n["load"]) for n in nodes), sum(int(n.get("calls", n["load"])) for n in nodes)
+        return occupied(sockets, calls, await self.tokens.pending()) >= sum(int(n["max_calls"]) for n in nodes)

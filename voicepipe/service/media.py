@@ -178,6 +178,7 @@ class MediaStream:
                                    self.send, service.observers, hang_up,
                                    service.tools if service.models.tools_offered else None, grant.caller, transfer)
         service.sessions.add(self.session)
+        service.load_changed()
         service.records.stream_started(call_sid)
         log.info("call started (stream %s)", safe_for_log(start.stream_sid))
         await self.session.begin()
@@ -222,6 +223,7 @@ class MediaStream:
         session = self.session
         if session is not None:
             self.service.sessions.discard(session)
+            self.service.load_changed()
             await session.close()
             log.info("call ended")
             outcome = session.end_reason or self.outcome

@@ -19,7 +19,7 @@ from voicepipe.engines.models import Models
 from voicepipe.service.health import Health
 from voicepipe.service.metrics import Metrics
 from voicepipe.service.records import CallRecords
-from voicepipe.service.tokens import MemoryTokenStore, StoreUnavailable, TokenStore
+from voicepipe.service.tokens import MemoryTokenStore, StoreUnavailable, TokenStore, occupied
 
 if TYPE_CHECKING:
     from voicepipe.conversation.session import CallSession
@@ -66,7 +66,7 @@ class Service:
             return True
         if self.registry is not None:
             return await self.registry.full()
-        return len(self.sockets) + await self.tokens.pending() >= self.settings.max_calls
+        return occupied(len(self.sockets), len(self.sessions), await self.tokens.pending()) >= self.settings.max_calls
 
     def load_changed(self) -> None:
         """A stream opened or closed: the cluster hears of it now, not at the next heartbeat."""

@@ -31,6 +31,13 @@ class StreamGrant:
         return time.time() - self.issued_at
 
 
+def occupied(sockets: int, calls: int, pending: int) -> int:
+    """Slots taken: every open socket (started or not), or every started call plus every token not yet redeemed,
+    whichever is more. A stream between its socket's opening and its `start` holds both a socket and a pending
+    token: adding the two counted it twice, and refused a call into the last free slot."""
+    return max(sockets, calls + pending)
+
+
 class StoreUnavailable(Exception):
     """The shared store cannot be reached: no new call can be given a token (calls under way go on)."""
 
