@@ -137,22 +137,27 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
                 result = await signed_call(base, [path], lang_settings)
                 async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:
                     turns = (await r.json())["turns"]
-                rows.append((path.name, complete, gap, result.turns[0].talked_over, turns))
+                turn = result.turns[0]
+                rows.append((path.name, complete, gap, turn.talked_over, turns, turn.talked_over_voice))
     print(f"\nmulti-clause utterances (turn model: {settings.turn_model or 'off'}, "
           f"max silence {settings.max_silence_ms} ms, fixed end of turn {settings.turn.end_of_turn_ms} ms)")
-    print(f"{'clip':42s} {'done@pause':>10s} {'gap':>5s} {'talked over':>11s} {'turns':>5s}  ends, P(done), cue")
-    for name, complete, gap, talked, turns in rows:
+    print(f"{'clip':42s} {'done@pause':>10s} {'gap':>5s} {'talked over':>11s} {'over voice':>10s} {'turns':>5s}  "
+          "ends, P(done), cue, yield")
+    for name, complete, gap, talked, turns, voice in rows:
         ends = ", ".join(f"{t['end_of_turn'] or '?'} {t['turn_probability'] or 0:.2f} {t['turn_cue'] or '-'}"
-                         for t in turns)
-        print(f"{name:42s} {str(complete):>10s} {gap:5.1f} {talked:10.2f}s {len(turns):5d}  {ends}")
+                         + (f" {t['barge_in'] * 1000:.0f} ms" if t.get("barge_in") is not None else "") for t in turns)
+        print(f"{name:42s} {str(complete):>10s} {gap:5.1f} {talked:10.2f}s {voice:9.2f}s {len(turns):5d}  {ends}")
     # Over 0.1 s of agent audio on the caller's speech is a cut-in; less is the agent starting inside the fade of
     # the caller's last word (where the caller's 35 dB view of "speech" ends after the server's VAD).
     rude = [r for r in rows if not r[1] and r[0] != "jfk.flac"]
     forgivable = [r for r in rows if r[1]]
     worst = max((r[3] for r in forgivable), default=0.0)
+    worst_voice = max((r[5] for r in forgivable), default=0.0)
+    yields = ", ".join(f"{t['barge_in'] * 1000:.0f}" for r in forgivable for t in r[4] if t.get("barge_in") is not None)
     print(f"cut-ins at an unfinished thought: {sum(r[3] > CUT_IN for r in rude)} of {len(rude)} "
           f"(talked over {sum(r[3] for r in rude):.2f} s); after a finished sentence: "
-          f"{sum(r[3] > CUT_IN for r in forgivable)} of {len(forgivable)}, at most {worst:.2f} s; "
+          f"{sum(r[3] > CUT_IN for r in forgivable)} of {len(forgivable)}, at most {worst:.2f} s "
+          f"({worst_voice:.2f} s over their voice; yielded in {yields or '-'} ms); "
           f"pauses longer than 550 ms: {sum(r[2] > 0.55 for r in rows)}; JFK talked over "
           f"{sum(r[3] for r in rows if r[0] == 'jfk.flac'):.2f} s")
 

@@ -41,9 +41,10 @@ class FakeChat:
     name = "fake"
     saturated = False
 
-    def __init__(self, reply: str = REPLY, extra: list[ChatEvent] | None = None) -> None:
+    def __init__(self, reply: str = REPLY, extra: list[ChatEvent] | None = None, first_delay: float = 0.0) -> None:
         self.reply = reply
         self.extra = extra or []
+        self.first_delay = first_delay  # seconds before the first word (a slow model)
         self.prompts: list[list[Message]] = []
         self.offered: list[list[str]] = []  # the tools offered with each prompt
         self.finished = 0
@@ -52,6 +53,7 @@ class FakeChat:
                      force_tool: str | None = None) -> AsyncGenerator[ChatEvent, None]:
         self.prompts.append([dict(m) for m in messages])
         self.offered.append([tool.name for tool in tools])
+        await asyncio.sleep(self.first_delay)
         for event in self.extra:
             yield event
         for word in self.reply.split(" "):

@@ -83,7 +83,7 @@ def test_backend_settings_are_checked() -> None:
 def test_turn_settings() -> None:
     settings = load_settings({}, env_file=None)
     assert settings.turn_model_path is not None and settings.turn_model_path.name == "smart-turn-v3.2-cpu.onnx"
-    assert (settings.turn_threshold, settings.max_silence_ms, settings.barge_in_ms) == (0.5, 2000, 120)
+    assert (settings.turn_threshold, settings.max_silence_ms, settings.barge_in_ms) == (0.5, 2000, 80)
     assert load_settings({"VOICEPIPE_TURN_MODEL": "off"}, env_file=None).turn_model_path is None
     with pytest.raises(ConfigError, match="VOICEPIPE_MAX_SILENCE_MS"):
         load_settings({"VOICEPIPE_PAUSE_MS": "900", "VOICEPIPE_END_OF_TURN_MS": "1000",

@@ -214,3 +214,21 @@ async def test_a_short_word_then_more_words_is_an_interruption_not_a_false_alarm
     assert not [m for m in twilio.sent[held_at:] if m["event"] == "media"]  # it never resumed in between
     assert turns.finished[0].interrupted and turns.finished[0].false_alarms == 0
     await session.close()
+
+
+async def test_a_sound_too_short_to_start_an_utterance_holds_the_agent_then_it_goes_on(
+    unit_settings: Settings, jfk_clause: np.ndarray, jfk_8k: np.ndarray
+) -> None:
+    # The agent holds on 80 ms of voiced sound, before the detector has an utterance at all (it needs 120 ms):
+    # if none follows, nothing else would ever settle the hold, so the reply resumes after the quiet.
+    session, twilio, turns = make_session(unit_settings, FakeTranscriber("And so my fellow Americans."))
+    await speak(session, np.concatenate([jfk_clause, silence(0.7)]))
+    await play_first_sentence_and_a_bit(session, twilio)
+    await speak(session, jfk_8k[int(3.28 * 8000) : int(3.38 * 8000)])  # 100 ms of a word
+    assert twilio.events("clear") and session.speaker.held and not session.turn_taking.caller_speaking
+    await speak(session, silence(0.7))
+    await play_reply(session, twilio)
+    (timings,) = turns.finished
+    assert timings.false_alarms == 1 and not timings.interrupted and timings.barge_in is not None
+    assert session.history[-1] == {"role": "assistant", "content": REPLY}
+    await session.close()

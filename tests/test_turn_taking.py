@@ -13,11 +13,21 @@ import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES, word_error_rate
-from tests.fakes import FakeTranscriber, FakeTurnModel, make_session, play_reply, settle, silence, speak, until
+from tests.fakes import (
+    FakeChat,
+    FakeTranscriber,
+    FakeTurnModel,
+    make_session,
+    play_reply,
+    settle,
+    silence,
+    speak,
+    until,
+)
 from tests.helpers import serving, user_turns, wait_for
 from voicepipe.callers import espeak_speech, piper_speech, with_pauses, write_clip
 from voicepipe.config import Settings
-from voicepipe.conversation.judge import unfinished_cue
+from voicepipe.conversation.judge import unfinished_cue, words_unheard
 from voicepipe.engines.models import Models
 from voicepipe.engines.turn_model import MODEL_RATE, turn_features
 from voicepipe.simulate import CallerTurn, load_audio_8k, simulate_call
@@ -86,10 +96,32 @@ async def test_a_caller_who_sounds_done_is_answered_at_the_first_pause(
                                           turn_model=model)
     # Only a 300 ms pause, far from the 2 s maximum: no more audio comes, so only the judge can end the turn.
     await speak(session, np.concatenate([jfk_clause, silence(0.3)]))
+    await until(lambda: session.floor.reply is not None)  # committed once its first audio is ready
     await play_reply(session, twilio)
     (timings,) = turns.finished
     assert timings.end_of_turn == "judged" and timings.turn_probability == 0.9 and timings.turn_cue == ""
     assert len(model.heard) == 1  # asked once, at the one pause
+    await session.close()
+
+
+async def test_a_caller_who_goes_on_before_the_reply_is_ready_is_not_talked_over(
+    unit_settings: Settings, jfk_clause: np.ndarray
+) -> None:
+    # Judged done at the pause, but the reply has nothing to say yet (a slow model): the turn is not committed
+    # until it has, so the caller who goes on meanwhile keeps the turn, and the answer is to all they said.
+    transcriber = FakeTranscriber("And so my fellow Americans.", "And so my fellow Americans, ask not.")
+    session, twilio, turns = make_session(unit_settings, transcriber, chat=FakeChat(first_delay=0.5),
+                                          turn_model=FakeTurnModel(0.9))
+    await speak(session, np.concatenate([jfk_clause, silence(0.3)]))
+    await until(lambda: session.judgments == 1)
+    assert session.floor.reply is None and not twilio.events("media")
+    await speak(session, np.concatenate([jfk_clause, silence(0.3)]))  # they go on
+    await until(lambda: session.floor.reply is not None)
+    await play_reply(session, twilio)
+    (timings,) = turns.finished
+    assert timings.end_of_turn == "judged" and session.judgments == 2
+    assert transcriber.heard[1] > transcriber.heard[0] + len(jfk_clause)  # the answer heard both clauses
+    assert session.history[-2] == {"role": "user", "content": "And so my fellow Americans, ask not."}
     await session.close()
 
 
@@ -253,3 +285,44 @@ def test_a_corrupt_turn_model_names_the_file_and_the_command(unit_settings: Sett
     with pytest.raises(ModelFileError, match=r"end-of-turn model .*smart-turn.onnx.*download_models.py"):
         with loading(unit_settings, "end-of-turn model", broken):
             SmartTurn(broken)
+
+
+def test_speech_that_brought_no_new_words_means_whisper_dropped_them() -> None:
+    assert words_unheard("I want to cancel my subscription.", "I want to cancel my subscription.")
+    assert not words_unheard("I want to cancel my subscription.", "I want to cancel my subscription, but")
+    assert words_unheard("I want to cancel my subscription", "I want to cancel my subscription.")  # words only
+    assert not words_unheard("", "Hello.")  # no earlier pause to compare with
+
+
+def test_only_speech_after_a_pause_counts_as_speaking_on(jfk_8k: np.ndarray) -> None:
+    from voicepipe.conversation.session import spoke_on
+
+    before = np.concatenate([jfk_8k[: int(2.2 * 8000)], silence(0.1)])
+    word = jfk_8k[int(3.28 * 8000) : int(3.5 * 8000)]
+    assert spoke_on(before, np.concatenate([before, silence(0.2), word, silence(0.1)]))
+    breath = (word // 40).astype(np.int16)  # 32 dB under the word: a breath, a click
+    assert not spoke_on(before, np.concatenate([before, silence(0.2), breath, silence(0.1)]))
+    assert not spoke_on(before, np.concatenate([word, before]))  # another utterance, not this one going on
+
+
+async def test_a_caller_who_spoke_on_without_new_words_is_not_done(
+    unit_settings: Settings, jfk_clause: np.ndarray, jfk_8k: np.ndarray
+) -> None:
+    # "I want to cancel my subscription, ... but ..." with whisper dropping the "but": the words did not grow
+    # although the caller spoke, so the turn stays open (to the maximum silence), whatever the model says.
+    heard = "I want to cancel my subscription."
+    transcriber = FakeTranscriber(heard, heard)
+    session, twilio, turns = make_session(unit_settings, transcriber, chat=FakeChat(first_delay=0.5),
+                                          turn_model=FakeTurnModel(0.9))
+    await speak(session, np.concatenate([jfk_clause, silence(0.3)]))
+    await until(lambda: session.judgments == 1)
+    await speak(session, np.concatenate([jfk_8k[int(3.28 * 8000) : int(3.6 * 8000)], silence(1.0)]))  # "but"
+    await until(lambda: session.judgments == 2)
+    await settle(0.6)  # the reply is ready by now: a judged-done turn would have committed
+    assert session.floor.reply is None and not twilio.events("media")
+    await speak(session, silence(1.1))  # past the 2 s maximum silence
+    await until(lambda: session.floor.reply is not None)
+    await play_reply(session, twilio)
+    (timings,) = turns.finished
+    assert timings.end_of_turn == "max_silence" and timings.turn_cue == "words unheard"
+    await session.close()

@@ -142,7 +142,7 @@ class Settings:
     turn_model: str = DEFAULT_TURN_MODEL
     turn_threshold: float = 0.5  # Smart Turn's P(done) that ends a turn (when the words do not say otherwise)
     max_silence_ms: int = 2000
-    barge_in_ms: int = 120  # voiced caller speech over the agent that holds it (its words then decide)
+    barge_in_ms: int = 80  # voiced caller speech over the agent that holds it (its words then decide)
     playback_lead_ms: int = 400  # how far ahead of Twilio's playback we send audio
     silence_reprompt_s: float = 10.0  # caller silent this long: "are you still there?"
     silence_hangup_s: float = 10.0  # and this long again after the reprompt: goodbye and hang up

@@ -35,11 +35,16 @@ def load_audio_8k(path: Path) -> np.ndarray:
     return resample(mono, rate, 8000)
 
 
-def speech_bounds(samples: np.ndarray) -> tuple[int, int]:
-    """The 20 ms frames where a clip's speech starts and ends (within 35 dB of its loudest frame)."""
+def loud_frames(samples: np.ndarray) -> np.ndarray:
+    """For each 20 ms frame of a clip: is it speech (within 35 dB of the clip's loudest frame)?"""
     frames = samples[: len(samples) - len(samples) % FRAME_BYTES].astype(np.float32).reshape(-1, FRAME_BYTES)
     rms = np.sqrt(np.mean(frames**2, axis=1)) + 1e-9
-    loud = np.nonzero(20 * np.log10(rms / rms.max()) > -35)[0]
+    return np.asarray(20 * np.log10(rms / rms.max()) > -35)
+
+
+def speech_bounds(samples: np.ndarray) -> tuple[int, int]:
+    """The 20 ms frames where a clip's speech starts and ends."""
+    loud = np.nonzero(loud_frames(samples))[0]
     return (int(loud[0]), int(loud[-1]) + 1) if len(loud) else (0, 1)
 
 
@@ -63,6 +68,7 @@ class TurnResult:
     underruns: int = 0  # times playback ran dry inside the reply (a gap the caller hears)
     clear_after_onset: float | None = None  # this turn cut the agent off: its speech onset -> `clear`
     talked_over: float = 0.0  # seconds of agent audio that played while the caller was still speaking (cut-in)
+    talked_over_voice: float = 0.0  # the share of it over the caller's own voice (not over their pauses)
 
     @property
     def reply_seconds(self) -> float:
@@ -267,6 +273,7 @@ async def simulate_call(
                     speech_end_at = time.perf_counter()
                     onset_at = time.perf_counter()
                     clears_before = playback.cleared
+                    voiced_at: list[float] = []  # when each of the caller's voiced frames was sent
                     if turn.dtmf:
                         for digit in turn.dtmf:
                             await send({"event": "dtmf", "streamSid": stream_sid,
@@ -277,8 +284,11 @@ async def simulate_call(
                         ulaw = pcm16_to_ulaw(clip)
                         ulaw += b"\xff" * (-len(ulaw) % FRAME_BYTES)
                         start_frame, end_frame = speech_bounds(clip)
+                        loud = loud_frames(clip)
                         for frame_index in range(len(ulaw) // FRAME_BYTES):
                             sent_at = await send_frame(ulaw[frame_index * FRAME_BYTES : (frame_index + 1) * FRAME_BYTES])
+                            if frame_index < len(loud) and loud[frame_index]:
+                                voiced_at.append(sent_at)
                             if frame_index == start_frame:
                                 onset_at = sent_at
                             if frame_index + 1 == end_frame:
@@ -292,13 +302,15 @@ async def simulate_call(
                     else:
                         await listen(time.perf_counter() + reply_timeout, reply_finished)
                     talked_over = playback.played_between(onset_at, speech_end_at) if clip is not None else 0.0
+                    over_voice = sum(playback.played_between(at, at + FRAME_SECONDS / speed) for at in voiced_at)
                     first_audio_at, audio, marks, underruns = playback.take()
                     latency = first_audio_at - speech_end_at if first_audio_at is not None else None
                     # The first clear after this turn's onset: when the agent stopped (a hold; giving way later
                     # sends another, to a queue already empty).
                     cleared = playback.clears_at[clears_before] - onset_at if playback.cleared > clears_before else None
                     results.append(TurnResult(str(turn.audio or f"dtmf {turn.dtmf}"), latency, audio, marks,
-                                              underruns, cleared if clip is not None else None, talked_over))
+                                              underruns, cleared if clip is not None else None, talked_over,
+                                              over_voice))
                 if stay_on_line:
                     await listen(time.perf_counter() + stay_on_line, lambda now: False)
             except _HungUp:

@@ -19,7 +19,7 @@ class TurnSettings:
     vad_aggressiveness: int = 3
     speech_start_ms: int = 120  # voiced audio needed (within speech_window_ms) before a turn starts
     speech_window_ms: int = 200
-    pause_ms: int = 200  # a short silence: the transcript can start early
+    pause_ms: int = 100  # a short silence: the speculative reply and the turn judgment start here
     end_of_turn_ms: int = 550  # the silence that ends the caller's turn (whatever the turn judge says)
     min_utterance_ms: int = 250  # shorter bursts are clicks or coughs, not turns
     max_utterance_ms: int = 25_000  # whisper's window is 30 s; a monologue is cut here
@@ -104,6 +104,18 @@ class TurnDetector:
     def paused(self) -> bool:
         """In an utterance, silent for at least pause_ms."""
         return self._in_speech and self._paused
+
+    @property
+    def onset_voiced_ms(self) -> int:
+        """Voiced audio in the utterance so far, or, before one has started, in the start window."""
+        return self.voiced_ms if self._in_speech else sum(self._recent) * FRAME_MS
+
+    @property
+    def onset_ms(self) -> int:
+        """Audio time of the first voiced frame of the utterance (or of the start window, before one started)."""
+        if self._in_speech or not any(self._recent):
+            return self._speech_start_ms
+        return self._clock_ms - (len(self._recent) - list(self._recent).index(True)) * FRAME_MS
 
     @property
     def last_voiced_ms(self) -> int:

@@ -66,7 +66,7 @@ class Floor:
         self.turn_taking.agent_yielded()
         await self.speaker.hold()
         if self.reply is not None:
-            onset_wall = self.turn_taking.wall_time_of(self.turn_taking.onset_ms)
+            onset_wall = self.turn_taking.wall_time_of(self.turn_taking.detector.onset_ms)
             self.reply.timings.barge_in = time.perf_counter() - onset_wall
         log.info("caller talked over the agent: holding")
 

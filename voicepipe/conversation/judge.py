@@ -56,7 +56,7 @@ def unfinished_cue(text: str, language: str) -> str:
     """Why the words so far cannot be the whole turn, as a category ("" when nothing says so). Categories, not
     the words themselves: the cue goes into logs and metrics, where no transcript may go."""
     stripped = text.strip()
-    words = [t for t in TOKEN.findall(stripped.lower()) if t[0].isalnum()]
+    words = _words(stripped)
     if not words:
         return "no words"
     if stripped.endswith((",", ";", ":", "-", "–", "…", "..")):
@@ -87,6 +87,17 @@ def unfinished_cue(text: str, language: str) -> str:
     return ""
 
 
+def words_unheard(earlier: str, text: str) -> bool:
+    """The caller spoke on since `earlier` (the transcript at the utterance's previous pause), yet no words were
+    added: whisper dropped the words at the end ("...my subscription, but" heard as "...my subscription."), and a
+    short word after a pause is most often a conjunction or a filler, not an ending."""
+    return bool(earlier) and len(_words(text)) <= len(_words(earlier))
+
+
+def _words(text: str) -> list[str]:
+    return [t for t in TOKEN.findall(text.lower()) if t[0].isalnum()]
+
+
 @dataclass(frozen=True)
 class Judgment:
     done: bool
@@ -101,8 +112,9 @@ class TurnJudge:
         self.language = language
         self.threshold = threshold
 
-    async def judge(self, audio: np.ndarray, transcript: Awaitable[str]) -> Judgment:
-        """Ask the audio model (in a worker thread) while the words are transcribed, then weigh both."""
+    async def judge(self, audio: np.ndarray, transcript: Awaitable[str], earlier: str = "") -> Judgment:
+        """Ask the audio model (in a worker thread) while the words are transcribed, then weigh both. `earlier`:
+        the transcript at this utterance's previous pause, when the caller has spoken on since."""
         started = time.perf_counter()
         sound = asyncio.ensure_future(asyncio.to_thread(self.model.probability_done, audio)) if self.model else None
         try:
@@ -111,6 +123,6 @@ class TurnJudge:
         finally:
             if sound is not None and not sound.done():
                 sound.cancel()
-        cue = unfinished_cue(text, self.language)
+        cue = unfinished_cue(text, self.language) or ("words unheard" if words_unheard(earlier, text) else "")
         done = not cue and (probability is None or probability >= self.threshold)
         return Judgment(done, probability, cue, time.perf_counter() - started)

@@ -111,6 +111,8 @@ class TurnTaking:
             elif isinstance(event, ShortPause):
                 decisions.append(FalseStart(event.speech_end_ms))
         detector = self.detector
+        if not detector.in_speech and detector.onset_voiced_ms == 0:
+            self._yielded = False  # quiet again: the next sound may hold the agent anew
         if (self._end_at_silence_ms is not None and detector.paused
                 and detector.clock_ms - detector.last_voiced_ms >= self._end_at_silence_ms):
             if (ended := detector.end_turn()) is not None:
@@ -133,9 +135,9 @@ class TurnTaking:
 
     def interrupts(self, agent_speaking: bool) -> bool:
         """The caller talks over the agent: enough voiced speech to hold the agent, once per utterance (whether
-        it was an interruption the words decide later)."""
-        return (agent_speaking and not self._yielded and self.detector.in_speech
-                and self.detector.voiced_ms >= self.barge_in_ms)
+        it was an interruption the words decide later). It may come before the detector has started an
+        utterance: holding costs the reply nothing, since a false alarm resumes it."""
+        return agent_speaking and not self._yielded and self.detector.onset_voiced_ms >= self.barge_in_ms
 
     def agent_yielded(self) -> None:
         self._yielded = True

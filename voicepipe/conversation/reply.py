@@ -21,7 +21,7 @@ from voicepipe.conversation.phrases import Phrases
 from voicepipe.conversation.speaker import Line, Speaker, SpokenSentence
 from voicepipe.conversation.tools import Action, Toolbox, ToolResult
 from voicepipe.engines.llm import ChatBackend, Message, TextDelta, ToolCall
-from voicepipe.engines.stt import Transcriber
+from voicepipe.engines.stt import Transcriber, Transcript
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,13 @@ class Reply:
     speech_end_ms: int | None = None  # audio time of the same moment (None for a typed turn)
     user_text: str = ""
     committed: asyncio.Event = field(default_factory=asyncio.Event)
+    # The reply waits for its commit: its first audio is ready to play, or it has nothing to play (a goodbye, a
+    # tool call first, a failure). A turn judged over commits only now, so a caller who goes on meanwhile is not
+    # talked over: the time to the first audio is spent listening, not waiting.
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
     transcribed: asyncio.Event = field(default_factory=asyncio.Event)  # user_text is final (or failed)
     task: asyncio.Task[None] | None = None
+    stt: asyncio.Future[Transcript] | None = None  # the transcription, which runs to its end even if dropped
     sentences: list[SpokenSentence] = field(default_factory=list)  # sent to Twilio, in order
     assistant_entry: Message | None = None  # its entry in the history, revised to what was heard
     remembered: bool = False
@@ -48,10 +53,24 @@ class Reply:
     failed: bool = False
     action: Action | None = None  # a built-in tool the model called: done once the reply has been spoken
 
+    async def words_heard(self) -> str:
+        """What whisper heard in this utterance, even if the reply was dropped since ("" if it heard nothing)."""
+        if self.stt is None:
+            return ""
+        try:
+            return (await asyncio.shield(self.stt)).text
+        except Exception:  # a failed transcription: it was reported where it failed
+            return ""
+
     async def transcript(self) -> str:
         """What the caller said, once transcribed ("" for no speech or a failed transcription)."""
         await self.transcribed.wait()
         return self.user_text
+
+    async def wait_for_commit(self) -> None:
+        """The reply has something to do for the caller now (audio, a goodbye, a tool): it is ready."""
+        self.ready.set()
+        await self.committed.wait()
 
     def stop(self) -> None:
         self.stopped = True
@@ -87,7 +106,7 @@ class Responder:
                 if not heard:
                     return
                 if self.phrases.is_goodbye(reply.user_text) and self.on_goodbye is not None:
-                    await reply.committed.wait()
+                    await reply.wait_for_commit()
                     self.remember(reply)
                     await self.on_goodbye()
                     return
@@ -102,6 +121,7 @@ class Responder:
                 await self.speaker.say(self.phrases.audio["apology"], f"t{reply.timings.turn}apology")
         finally:
             reply.transcribed.set()  # nobody waits for a transcript that will not come
+            reply.ready.set()
             # Interrupted turns are reported too: their timings (barge-in included, set a moment later on
             # the same object) are what /stats and the bench read.
             if reply.committed.is_set():
@@ -131,7 +151,10 @@ class Responder:
         """Fill in what the caller said; False when the utterance held no speech."""
         assert reply.audio is not None
         with self.observers.watch("stt"):
-            transcript = await asyncio.to_thread(self.transcriber.transcribe, reply.audio)
+            # Shielded: a speculation dropped because the caller went on still learns its words (the next
+            # pause's judgment compares them).
+            reply.stt = asyncio.get_running_loop().run_in_executor(None, self.transcriber.transcribe, reply.audio)
+            transcript = await asyncio.shield(reply.stt)
         reply.timings.stt = transcript.seconds
         if not transcript.is_speech:
             log.debug("utterance had no speech (no_speech_prob %.2f)", transcript.no_speech_prob)
@@ -213,13 +236,13 @@ class Responder:
 
     async def _run_tool(self, reply: Reply, call: ToolCall) -> ToolResult:
         # A speculative reply may be dropped: nothing is done for the caller until they have finished.
-        await reply.committed.wait()
+        await reply.wait_for_commit()
         assert self.tools is not None
         return await self.tools.run(call, self.call_sid, self.caller_number)
 
     async def _tool_results(self, reply: Reply, running: list[asyncio.Task[ToolResult]],
                             emit: Callable[[str | Line], None]) -> list[ToolResult]:
-        await reply.committed.wait()
+        await reply.wait_for_commit()
         _, pending = await asyncio.wait(running, timeout=FILLER_AFTER_SECONDS)
         if pending and (line := self._line("wait")):
             emit(line)

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from voicepipe.audio.codec import ulaw_to_pcm16
+from voicepipe.audio.levels import peak_frame_rms
 from voicepipe.audio.vad import SileroStream
 from voicepipe.config import Settings
 from voicepipe.conversation.context import ConversationContext
@@ -51,9 +52,20 @@ log = logging.getLogger(__name__)
 DTMF_GAP_SECONDS = 1.0  # keys pressed closer together than this are one entry ("1", "2", "3" -> "1 2 3")
 MAX_DTMF_DIGITS = 32  # keys gathered into one turn; more is a stuck key or a flood, not an answer
 WATCHDOG_SECONDS = 0.25
+# Sound after a pause that is within this of the utterance's loudest moment is speech, not a breath or a click
+# (a short "but" here counted one voiced frame, yet peaked within 6 dB of the rest).
+SPOKE_ON_DB = 15.0
 
 HangUp = Callable[[], Awaitable[None]]
 Transfer = Callable[[str], Awaitable[bool]]  # hand the live call to a number; False when that could not be done
+
+
+def spoke_on(before: np.ndarray, now: np.ndarray) -> bool:
+    """The same utterance at two pauses (`now` extends `before`): did the caller speak in between?"""
+    if len(now) <= len(before) or not np.array_equal(now[: len(before)], before):
+        return False  # another utterance
+    loudest = peak_frame_rms(before)
+    return loudest > 0 and peak_frame_rms(now[len(before) :]) >= loudest * 10 ** (-SPOKE_ON_DB / 20)
 
 
 class CallSession:
@@ -77,7 +89,7 @@ class CallSession:
         self.silence = SilenceWatch(settings.silence_reprompt_s, settings.silence_hangup_s, settings.max_call_s,
                                     time.monotonic())
         self.speaker = Speaker(PacedSender(stream_sid, send, settings.playback_lead_ms), models.synthesizer,
-                               self.observers)
+                               self.observers, models.priority)
         self.responder = Responder(models.transcriber, models.chat, self.speaker, self.context, phrases,
                                    self.observers, call_sid, settings.streaming,
                                    on_goodbye=lambda: self.end_call("closing"), tools=tools,
@@ -86,6 +98,7 @@ class CallSession:
         self.floor = Floor(self.speaker, self.responder, phrases, self.turn_taking, self._spawn)
         self._judging: asyncio.Task[None] | None = None  # is the caller done at this pause?
         self.judgments = 0  # pauses judged so far
+        self._last_pause: tuple[Speculate, Reply] | None = None  # the previous pause and the reply begun there
         self._tasks: set[asyncio.Task[Any]] = set()
         self._turns = 0  # committed turns; a turn's number (and its audio tags) is given at commit
         self._replies = 0  # replies started, speculative ones included (names their tasks)
@@ -141,8 +154,9 @@ class CallSession:
                 self.floor.caller_went_on()
             elif isinstance(decision, Speculate):
                 self._speculative = self._start_reply(decision.audio, decision.speech_end_ms, speculative=True)
+                previous, self._last_pause = self._last_pause, (decision, self._speculative)
                 if self.judge is not None or self.floor.held:
-                    self._judging = self._spawn(self._at_pause(self._speculative, decision), "pause")
+                    self._judging = self._spawn(self._at_pause(self._speculative, decision, previous), "pause")
             elif isinstance(decision, FalseStart):
                 if self.floor.held:
                     self.floor.resume_when_quiet(decision.speech_end_ms)
@@ -153,6 +167,8 @@ class CallSession:
         self.floor.tick(self.turn_taking.clock_ms, self.turn_taking.caller_speaking)
         if self.turn_taking.interrupts(self.agent_speaking and not self.floor.held):
             await self.floor.hold()
+            if not self.turn_taking.caller_speaking:  # held before an utterance began: if none does, go on
+                self.floor.resume_when_quiet(self.turn_taking.clock_ms)
 
     def handle_mark(self, name: str) -> None:
         self.speaker.player.on_mark(name)
@@ -200,14 +216,17 @@ class CallSession:
             self._judging.cancel()
         self._judging = None
 
-    async def _at_pause(self, reply: Reply, pause: Speculate) -> None:
+    async def _at_pause(self, reply: Reply, pause: Speculate, previous: tuple[Speculate, Reply] | None) -> None:
         """At a pause: settle a hold by the words so far; then, if the caller sounds done and their words agree,
-        the turn ends here, not at the maximum silence."""
+        the turn ends here, not at the maximum silence. `previous`: the pause before this one, and its reply."""
         if self.floor.held and await self._settle_hold(reply, pause):
             return
         if self.judge is None:
             return
-        judgment = await self.judge.judge(pause.audio, reply.transcript())
+        earlier = ""
+        if previous is not None and spoke_on(previous[0].audio, pause.audio):
+            earlier = await previous[1].words_heard()
+        judgment = await self.judge.judge(pause.audio, reply.transcript(), earlier)
         self.judgments += 1
         timings = reply.timings
         timings.turn_probability, timings.turn_cue = judgment.probability, judgment.cue
@@ -218,15 +237,23 @@ class CallSession:
             return
         if not judgment.done and not judgment.cue:  # the words could end here; the model is not sure
             self.turn_taking.end_at_silence(pause.speech_end_ms, self.settings.turn.end_of_turn_ms)
-        elif judgment.done and (commit := self.turn_taking.commit_if_still_paused(pause.speech_end_ms)):
-            self._judging = None  # committing now: a new pause must not cancel this task halfway
-            await self._end_turn(commit)
+        elif judgment.done:
+            await reply.ready.wait()  # listening on until there is something to say (speech cancels this task)
+            if self._speculative is not reply:
+                return
+            if commit := self.turn_taking.commit_if_still_paused(pause.speech_end_ms):
+                self._judging = None  # committing now: a new pause must not cancel this task halfway
+                await self._end_turn(commit, decided_after=timings.turn_decision)
 
-    async def _end_turn(self, turn: CommitTurn) -> None:
+    async def _end_turn(self, turn: CommitTurn, decided_after: float | None = None) -> None:
+        """`decided_after`: a judged turn was decided over that long after the speech ended (its commit came
+        later, once the reply had audio); the end-of-turn wait is the decision's."""
         reply, self._speculative = self._speculative, None
         if reply is None or reply.failed:  # a speculation that failed (a model fault) gets one fresh try
             reply = self._start_reply(turn.audio, turn.speech_end_ms, speculative=False)
-        reply.timings.vad_wait = time.perf_counter() - reply.speech_end_wall
+            decided_after = None
+        reply.timings.vad_wait = decided_after if decided_after is not None else \
+            time.perf_counter() - reply.speech_end_wall
         reply.timings.end_of_turn = turn.by
         await self._commit(reply)
 

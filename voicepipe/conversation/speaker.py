@@ -4,6 +4,7 @@ caller heard of them (Twilio's echoed marks say, to the 200 ms; see telephony/pl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from voicepipe.audio.codec import pcm16_to_ulaw
 from voicepipe.audio.levels import trim_quiet
 from voicepipe.audio.resample import StreamResampler
 from voicepipe.conversation.events import Observers
+from voicepipe.engines.priority import FirstAudioGate
 from voicepipe.engines.tts import Synthesizer, synthesize
 from voicepipe.telephony.playback import FRAME_BYTES, ULAW_SILENCE, PacedSender
 
@@ -42,10 +44,12 @@ class Line:
 
 
 class Speaker:
-    def __init__(self, player: PacedSender, synthesizer: Synthesizer, observers: Observers) -> None:
+    def __init__(self, player: PacedSender, synthesizer: Synthesizer, observers: Observers,
+                 priority: FirstAudioGate | None = None) -> None:
         self.player = player
         self.synthesizer = synthesizer
         self.observers = observers
+        self.priority = priority or FirstAudioGate(enabled=False)
 
     @property
     def outstanding_ms(self) -> int:
@@ -104,9 +108,10 @@ class Speaker:
                     await ready.put((text.text, audio))
                     continue
                 started = time.perf_counter()
-                with self.observers.watch("tts"):
+                first = timings.tts_first_audio is None
+                with self.observers.watch("tts"), self.priority.first_audio() if first else contextlib.nullcontext():
                     pcm = await asyncio.to_thread(synthesize, self.synthesizer, text)
-                if timings.tts_first_audio is None:
+                if first:
                     timings.tts_first_audio = time.perf_counter() - started
                     # Piper opens each sentence with 30-160 ms of near-silence: the caller would wait for it.
                     pcm = trim_quiet(pcm, ONSET_LEVEL, end=False, margin=self.synthesizer.sample_rate // 50)
@@ -125,7 +130,7 @@ class Speaker:
         timings = reply.timings
         while (item := await ready.get()) is not None:
             text, audio = item
-            await reply.committed.wait()
+            await reply.wait_for_commit()
             if reply.stopped:
                 return
             if not text:  # the resampler's tail belongs to the last sentence

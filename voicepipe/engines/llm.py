@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from voicepipe.engines.priority import FirstAudioGate
+
 log = logging.getLogger(__name__)
 
 # OpenAI's chat message shape: role and content, and for tool use an assistant's `tool_calls` and a `tool`
@@ -274,6 +276,7 @@ class LlamaChat:
         self.temperature = temperature
         self._pool: InstancePool | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self.gate: FirstAudioGate | None = None  # pauses generation while a reply's first words are synthesized
 
     def warm(self, system_prompt: str, tools: Sequence[ToolSpec] = ()) -> None:
         """Evaluate the system prompt (with the tools offered) on every instance, so its KV prefix is cached
@@ -315,6 +318,8 @@ class LlamaChat:
         tagged = TaggedToolCalls()
         try:
             for chunk in chunks:
+                if self.gate is not None:
+                    self.gate.wait()  # the next token waits while a first sentence is synthesized
                 if cancelled.is_set():
                     return
                 if text := chunk["choices"][0]["delta"].get("content"):

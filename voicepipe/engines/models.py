@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from voicepipe.audio.vad import load_silero
 from voicepipe.config import Settings
 from voicepipe.engines.llm import ChatBackend, LlamaChat, ToolSpec
 from voicepipe.engines.llm_backends import FallbackChat, OpenAIChat
+from voicepipe.engines.priority import FirstAudioGate
 from voicepipe.engines.stt import Transcriber, WhisperTranscriber
 from voicepipe.engines.tts import PiperSynthesizer, Synthesizer, synthesize
 from voicepipe.engines.turn_model import SmartTurn, TurnModel
@@ -52,6 +53,7 @@ class Models:
     device: str = "cpu"
     turn_model: TurnModel | None = None  # judges the end of a turn (None: a fixed silence does)
     tools_offered: bool = True  # the model is offered tools (VOICEPIPE_LLM_TOOLS; see offers_tools)
+    priority: FirstAudioGate = field(default_factory=lambda: FirstAudioGate(enabled=False))
 
 
 def _require(settings: Settings, path: Path, setting: str, what: str) -> None:
@@ -178,6 +180,9 @@ def load_models(settings: Settings, tools: Sequence[ToolSpec] = ()) -> Models:
     chat = load_chat(settings, device)
     tools_offered = offers_tools(settings, chat)
     local = chat.primary if isinstance(chat, FallbackChat) else chat
+    priority = FirstAudioGate(enabled=device == "cpu")
+    if isinstance(local, LlamaChat):
+        local.gate = priority
     if tools_offered and tools and isinstance(local, LlamaChat):
         local.warm(settings.system_prompt, tools)
     log.info("tools offered to the model: %s", ", ".join(t.name for t in tools) if tools_offered else
@@ -202,4 +207,5 @@ def load_models(settings: Settings, tools: Sequence[ToolSpec] = ()) -> Models:
 
     log.info("models loaded and warm on %s: %s", device, ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
     return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, load_seconds=seconds, silero=silero,
-                  device=device, turn_model=turn_model, tools_offered=tools_offered)
+                  device=device, turn_model=turn_model, tools_offered=tools_offered,
+                  priority=priority)
