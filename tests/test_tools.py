@@ -197,7 +197,8 @@ async def test_a_hanging_tool_gets_an_apology_and_end_call_hangs_up_after_the_cl
     spoken = said(ended[0].history)
     # "One moment." while the endpoint is silent, then the apology at its 1 s timeout; the call goes on.
     assert "Let me check that. One moment. Sorry, I couldn't get that information right now." in spoken
-    assert len(stage.llm.requests) == 2  # the failed tool was not handed back to the model
+    # The failed tool was not handed back to the model (a speculation dropped at a pause may add a request).
+    assert not [m for r in stage.llm.requests for m in r["messages"] if m["role"] == "tool"]
     assert [m["role"] for m in ended[0].history].count("user") == 2  # the call went on to the next turn
     # end_call: the closing line was played (its mark echoed), then the call was completed through the API.
     assert spoken.endswith("Thank you for calling. Goodbye!")

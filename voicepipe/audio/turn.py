@@ -160,15 +160,14 @@ class TurnDetector:
         if not self._in_speech:
             self._preroll.append(frame)
             if sum(self._recent) * FRAME_MS >= s.speech_start_ms:
+                # The onset is the first voiced frame in the window, not the start of the pre-roll.
+                self._speech_start_ms = self.onset_ms
                 self._in_speech = True
                 self._paused = False
                 self.voiced_ms = sum(self._recent) * FRAME_MS
                 self._utterance = list(self._preroll)
                 self._preroll.clear()
                 self._last_voiced_ms = self._clock_ms
-                # The onset is the first voiced frame in the window, not the start of the pre-roll.
-                frames_since_onset = len(self._recent) - list(self._recent).index(True)
-                self._speech_start_ms = self._clock_ms - frames_since_onset * FRAME_MS
                 return SpeechStarted(at_ms=self._speech_start_ms)
             return None
 

@@ -70,7 +70,6 @@ class TurnTaking:
         self._end_at_silence_ms: int | None = None  # this pause ends the turn once it is this long
         self.speculative = speculative
         self.barge_in_ms = barge_in_ms
-        self.onset_ms = 0  # audio time the caller's current utterance began
         self._yielded = False  # the agent already stopped for the current utterance
         self._arrivals: deque[tuple[int, float]] = deque(maxlen=250)  # (audio ms, wall time): 5 s at 20 ms
 
@@ -97,7 +96,6 @@ class TurnTaking:
             if isinstance(event, (SpeechStarted, SpeechResumed, TurnEnded, SpeechDropped)):  # a new moment
                 self._end_at_silence_ms = None
             if isinstance(event, SpeechStarted):
-                self.onset_ms = event.at_ms
                 self._yielded = False
                 decisions.append(CallerStarted(event.at_ms))
             elif isinstance(event, Paused):

@@ -165,8 +165,10 @@ class MediaStream:
         call_sid_var.set(call_sid)
 
         async def hang_up() -> None:
-            await self.ws.close(code=WSCloseCode.OK, message=b"call ended")
+            # The call ends through the API first: the stream closing would end the call (and its session) before
+            # the API request went out, and Twilio would go on to any TwiML after <Connect> meanwhile.
             await complete_call(service.settings, call_sid)
+            await self.ws.close(code=WSCloseCode.OK, message=b"call ended")
 
         async def transfer(number: str) -> bool:
             if not await redirect_call(service.settings, call_sid, dial_twiml(number)):
