@@ -82,7 +82,8 @@ async def test_an_interruption_holds_at_once_then_keeps_only_what_was_heard(
     unit_settings: Settings, jfk_clause: np.ndarray, jfk_8k: np.ndarray
 ) -> None:
     stt = FakeTranscriber("And so my fellow Americans.", "I have another question about my account.")
-    session, twilio, turns = make_session(unit_settings, stt)
+    chat = FakeChat()
+    session, twilio, turns = make_session(unit_settings, stt, chat)
     await speak(session, np.concatenate([jfk_clause, silence(0.7)]))
     await play_first_sentence_and_a_bit(session, twilio)
     onset = jfk_8k[int(3.2 * 8000) : int(3.5 * 8000)]  # 3.28 s: the caller starts talking over the agent
@@ -97,6 +98,10 @@ async def test_an_interruption_holds_at_once_then_keeps_only_what_was_heard(
     (timings,) = turns.finished
     assert timings.interrupted and timings.barge_in is not None and timings.false_alarms == 0
     assert not twilio.marks("t1s3.") and not session.speaker.held  # nothing more of that reply went out
+    # The caller's new words were answered knowing the turn before, as far as they heard it: its prompt was made
+    # while that turn was still held, not yet in the history.
+    await until(lambda: len(chat.prompts) == 2)
+    assert chat.prompts[-1][1:] == [*session.history[1:], {"role": "user", "content": "I have another question about my account."}]
     await session.close()
 
 

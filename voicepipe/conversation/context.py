@@ -6,6 +6,8 @@ counts tokens its own way, and the fallback backend has two contexts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from voicepipe.engines.llm import Message
 
 
@@ -13,9 +15,10 @@ class ConversationContext:
     def __init__(self, system_prompt: str) -> None:
         self.messages: list[Message] = [{"role": "system", "content": system_prompt}]
 
-    def prompt(self, user_text: str) -> list[Message]:
-        """What the model sees to answer `user_text`: the conversation so far, then that."""
-        return [*self.messages, {"role": "user", "content": user_text}]
+    def prompt(self, user_text: str, under_way: Sequence[Message] = ()) -> list[Message]:
+        """What the model sees to answer `user_text`: the conversation so far (and `under_way`, turns not kept
+        yet), then that."""
+        return [*self.messages, *under_way, {"role": "user", "content": user_text}]
 
     def add_user(self, text: str) -> None:
         self.messages.append({"role": "user", "content": text})

@@ -29,7 +29,7 @@ MAX_TOOL_ROUNDS = 3  # model -> tools -> model ... at most this many times in on
 FILLER_AFTER_SECONDS = 0.7  # a tool still running this long: the caller hears "One moment."
 
 
-@dataclass
+@dataclass(eq=False)  # a reply is itself, not its values (its audio is an array)
 class Reply:
     audio: np.ndarray | None  # the caller's utterance (8 kHz); None for a typed turn (DTMF)
     speech_end_wall: float  # wall time of the caller's last voiced frame: voice-to-voice counts from here
@@ -97,8 +97,22 @@ class Responder:
         self.tools = tools
         self.caller_number = caller_number  # for the operator's tools that may send it
         self.on_action = on_action
+        self._running: list[Reply] = []  # replies under way, in the order they started
+
+    def prompt(self, reply: Reply) -> list[Message]:
+        """What the model sees to answer `reply`: the history, then any earlier turn still under way (the caller
+        spoke before it ended, so it is not in the history yet) as far as the caller has heard it."""
+        under_way: list[Message] = []
+        for earlier in self._running:
+            if earlier is reply or earlier.remembered or not earlier.committed.is_set() or not earlier.user_text:
+                continue
+            under_way.append({"role": "user", "content": earlier.user_text})
+            if heard := self.speaker.heard(earlier.sentences):
+                under_way.append({"role": "assistant", "content": heard})
+        return self.context.prompt(reply.user_text, under_way)
 
     async def run(self, reply: Reply) -> None:
+        self._running.append(reply)
         try:
             if reply.audio is not None:
                 heard = await self.transcribe(reply)
@@ -110,7 +124,7 @@ class Responder:
                     self.remember(reply)
                     await self.on_goodbye()
                     return
-            await self.answer(reply, self.context.prompt(reply.user_text))
+            await self.answer(reply, self.prompt(reply))
             if reply.action is not None and self.on_action is not None and not reply.stopped:
                 self.remember(reply)
                 await self.on_action(reply.action)
@@ -124,6 +138,7 @@ class Responder:
             reply.ready.set()
             # Interrupted turns are reported too: their timings (barge-in included, set a moment later on
             # the same object) are what /stats and the bench read.
+            self._running.remove(reply)
             if reply.committed.is_set():
                 self.remember(reply)
                 if reply.user_text:
