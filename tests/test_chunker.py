@@ -42,3 +42,17 @@ def test_spanish_punctuation() -> None:
 def test_markup_is_not_spoken() -> None:
     assert clean_for_speech("**Bold** and `code` 😀 # title") == "Bold and code title"
     assert run(["* item one\n* item two"]) == ["item one item two"]
+
+
+def test_a_sentence_that_ends_the_stream_so_far_goes_without_waiting_for_the_next_token() -> None:
+    chunker = SentenceChunker()
+    assert list(chunker.push("Sure, I can")) == []
+    assert list(chunker.push(" help you.")) == ["Sure, I can help you."]  # the " What" that follows is not awaited
+    assert list(chunker.push(" What is")) == []
+    assert list(chunker.push(" your name?")) == ["What is your name?"]
+    # Not yet ends: a number, an initial, an abbreviation may go on ("3.5", "U.S.", "Dr. Smith").
+    for text in ("It costs 3.", "We ship to the U.", "We ship to the U.S.", "Ask Dr.", "Call me at 5 p.m."):
+        assert list(SentenceChunker().push(text)) == [], text
+    # An ellipsis streamed a dot at a time goes at its first dot; the dots after it are not spoken as a piece.
+    assert run(list("Well... let me see. Okay.")) == ["Well.", "let me see.", "Okay."]
+    assert run(["Well", "...", " let me see."]) == ["Well...", "let me see."]

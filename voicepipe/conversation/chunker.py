@@ -9,6 +9,9 @@ from collections.abc import Iterator
 _SENTENCE_END = re.compile(r"[.!?…]+[\"')\]]*\s")
 # A clause can end at , ; : when enough words came before it (to start speaking sooner).
 _CLAUSE_END = re.compile(r"[,;:]\s")
+# A sentence that ends the text so far: the space after it comes with the model's next token, which is not
+# waited for. A period counts only after a word of two letters or more ("3." may be "3.5", "U." may be "U.S.").
+_ENDS_HERE = re.compile(r"(?:[!?…]+|(?<![.\w])[^\W\d_]{2,}\.)[\"')\]]*$")
 _ABBREVIATIONS = {"mr.", "mrs.", "ms.", "dr.", "st.", "sr.", "sra.", "vs.", "etc.", "e.g.", "i.e.", "no."}
 
 
@@ -36,7 +39,7 @@ class SentenceChunker:
                 return
             piece, self._buffer = self._buffer[:cut], self._buffer[cut:]
             piece = clean_for_speech(piece)
-            if piece:
+            if any(c.isalnum() for c in piece):  # not a lone ".." after an early cut
                 self._emitted += 1
                 yield piece
 
@@ -59,4 +62,7 @@ class SentenceChunker:
         for match in _CLAUSE_END.finditer(self._buffer):
             if len(self._buffer[: match.start()].split()) >= min_words:
                 return match.end()
+        words = self._buffer.split()
+        if _ENDS_HERE.search(self._buffer) and words[-1].lower() not in _ABBREVIATIONS:
+            return len(self._buffer)
         return None
