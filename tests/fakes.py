@@ -13,7 +13,7 @@ from voicepipe.config import Settings
 from voicepipe.conversation.events import CallObserver, Observers, TurnTimings
 from voicepipe.conversation.phrases import Phrases
 from voicepipe.conversation.session import CallSession
-from voicepipe.engines.llm import ChatEvent, Message, TextDelta, ToolSpec
+from voicepipe.engines.llm import ChatEvent, CutShort, Message, TextDelta, ToolSpec
 from voicepipe.engines.models import Models
 from voicepipe.engines.stt import Transcript
 from voicepipe.engines.turn_model import TurnModel
@@ -41,8 +41,10 @@ class FakeChat:
     name = "fake"
     saturated = False
 
-    def __init__(self, reply: str = REPLY, extra: list[ChatEvent] | None = None, first_delay: float = 0.0) -> None:
+    def __init__(self, reply: str = REPLY, extra: list[ChatEvent] | None = None, first_delay: float = 0.0,
+                 cut_short: bool = False) -> None:
         self.reply = reply
+        self.cut_short = cut_short  # the reply stops at the token limit
         self.extra = extra or []
         self.first_delay = first_delay  # seconds before the first word (a slow model)
         self.prompts: list[list[Message]] = []
@@ -59,6 +61,8 @@ class FakeChat:
         for word in self.reply.split(" "):
             await asyncio.sleep(0.005)
             yield TextDelta(word + " ")
+        if self.cut_short:
+            yield CutShort()
         self.finished += 1
 
     def report(self) -> dict[str, object]:

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import assert_logs_hold_no_words, free_port, serving, user_turns, wait_for
 from voicepipe.config import Settings
-from voicepipe.engines.llm import ChatBackend, LlamaChat, Message, reply_text
+from voicepipe.engines.llm import ChatBackend, CutShort, LlamaChat, Message, TextDelta, reply_text
 from voicepipe.engines.llm_backends import FallbackChat, OpenAIChat
 from voicepipe.engines.models import Models, load_chat
 from voicepipe.simulate import simulate_call
@@ -176,6 +176,20 @@ async def test_a_long_call_never_overflows_the_context(models: Models, llm_serve
     assert await collect(chat, history)
 
 
+
+
+@pytest.mark.parametrize("backend", ["local", "openai"])
+async def test_a_reply_cut_off_by_the_token_limit_says_so(base_settings: Settings, llm_server: str, backend: str) -> None:
+    # The caller must not hear half a sentence: the backend tells the reply that the model was stopped.
+    def chat(max_tokens: int) -> ChatBackend:
+        if backend == "local":
+            return LlamaChat(base_settings.llm_model_path, n_ctx=512, max_tokens=max_tokens)
+        return OpenAIChat("", SERVER_MODEL, llm_server, context=2048, max_tokens=max_tokens)
+
+    story = [event async for event in chat(6).stream(ask("Tell me a long story about a dragon."))]
+    assert isinstance(story[-1], CutShort) and [e for e in story if isinstance(e, TextDelta)]
+    hello = [event async for event in chat(64).stream(ask("Say hello."))]
+    assert hello and not [e for e in hello if isinstance(e, CutShort)]
 
 
 def test_doctor_asks_the_server_for_its_models(base_settings: Settings, llm_server: str) -> None:

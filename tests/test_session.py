@@ -237,3 +237,19 @@ async def test_a_sound_too_short_to_start_an_utterance_holds_the_agent_then_it_g
     assert timings.false_alarms == 1 and not timings.interrupted and timings.barge_in is not None
     assert session.history[-1] == {"role": "assistant", "content": REPLY}
     await session.close()
+
+
+@pytest.mark.parametrize(("reply", "spoken"), [
+    ("First sentence is here. The second sentence has quite a few", "First sentence is here."),
+    ("A single long thought that ran into the limit and", "A single long thought that ran into the limit and"),
+])
+async def test_a_reply_cut_off_by_the_token_limit_ends_at_its_last_whole_sentence(
+    unit_settings: Settings, jfk_clause: np.ndarray, reply: str, spoken: str
+) -> None:
+    # Half a sentence is not said, unless it is all the model wrote (then it is better than silence).
+    session, twilio, _ = make_session(unit_settings, FakeTranscriber("And so my fellow Americans."),
+                                      FakeChat(reply, cut_short=True))
+    await speak(session, np.concatenate([jfk_clause, silence(0.7)]))
+    await play_reply(session, twilio)
+    assert session.history[-1] == {"role": "assistant", "content": spoken}
+    await session.close()

@@ -20,7 +20,7 @@ from voicepipe.conversation.events import Observers, TurnTimings
 from voicepipe.conversation.phrases import Phrases
 from voicepipe.conversation.speaker import Line, Speaker, SpokenSentence
 from voicepipe.conversation.tools import Action, Toolbox, ToolResult
-from voicepipe.engines.llm import ChatBackend, Message, TextDelta, ToolCall
+from voicepipe.engines.llm import ChatBackend, CutShort, Message, TextDelta, ToolCall
 from voicepipe.engines.stt import Transcriber, Transcript
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,7 @@ class Responder:
         started = time.perf_counter()
         chunker = SentenceChunker()
         whole_reply: list[str] = []
+        cut_short = False
 
         def emit(item: str | Line) -> None:
             if isinstance(item, str):
@@ -221,14 +222,20 @@ class Responder:
                                 said.append(event.text)
                                 for sentence in chunker.push(event.text):
                                     emit(sentence)
+                            elif isinstance(event, CutShort):
+                                cut_short = True
                             elif tools:  # run as soon as it is complete, while the model goes on
                                 calls.append(event)
                                 running.append(asyncio.create_task(self._run_tool(reply, event)))
                             else:
                                 log.warning("the model called tool %r, which it was not offered; ignored",
                                             event.name[:64])
-                    for sentence in chunker.flush():
-                        emit(sentence)
+                    # A reply cut off by the token limit ends at its last whole sentence: the caller does not hear
+                    # half a thought (unless that is all there is).
+                    tail = list(chunker.flush())
+                    if not (cut_short and timings.llm_first_sentence is not None):
+                        for sentence in tail:
+                            emit(sentence)
                     if not calls:
                         break
                     results = await self._tool_results(reply, running, emit)

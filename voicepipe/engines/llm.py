@@ -43,7 +43,12 @@ class ToolCall:
     arguments: str  # JSON text as the model wrote it: parse and check it before use
 
 
-ChatEvent = TextDelta | ToolCall
+@dataclass(frozen=True)
+class CutShort:
+    """The reply reached the token limit: its text stops mid-thought."""
+
+
+ChatEvent = TextDelta | ToolCall | CutShort
 
 
 @dataclass(frozen=True)
@@ -325,6 +330,8 @@ class LlamaChat:
                 if text := chunk["choices"][0]["delta"].get("content"):
                     for event in tagged.push(text) if tools else [TextDelta(text)]:
                         emit(event)
+                if chunk["choices"][0].get("finish_reason") == "length":
+                    emit(CutShort())
             for event in tagged.finish():
                 emit(event)
         finally:
@@ -394,7 +401,7 @@ class LlamaChat:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                assert isinstance(item, TextDelta | ToolCall)
+                assert isinstance(item, TextDelta | ToolCall | CutShort)
                 yield item
         finally:
             # A cancelled turn (barge-in, hang-up, a speculation that lost) stops at the next token; the

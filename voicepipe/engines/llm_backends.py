@@ -14,7 +14,16 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from voicepipe.engines.llm import ChatBackend, ChatEvent, Message, TextDelta, ToolCallAssembler, ToolSpec, fit_history
+from voicepipe.engines.llm import (
+    ChatBackend,
+    ChatEvent,
+    CutShort,
+    Message,
+    TextDelta,
+    ToolCallAssembler,
+    ToolSpec,
+    fit_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +96,8 @@ class OpenAIChat:
                 if chunk.choices[0].finish_reason:
                     for call in calls.finish():
                         yield call
+                    if chunk.choices[0].finish_reason == "length":
+                        yield CutShort()
             for call in calls.finish():  # a server that never sent a finish_reason
                 yield call
         finally:
