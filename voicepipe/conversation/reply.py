@@ -136,9 +136,9 @@ class Responder:
         finally:
             reply.transcribed.set()  # nobody waits for a transcript that will not come
             reply.ready.set()
+            self._running.remove(reply)
             # Interrupted turns are reported too: their timings (barge-in included, set a moment later on
             # the same object) are what /stats and the bench read.
-            self._running.remove(reply)
             if reply.committed.is_set():
                 self.remember(reply)
                 if reply.user_text:
@@ -192,7 +192,6 @@ class Responder:
         started = time.perf_counter()
         chunker = SentenceChunker()
         whole_reply: list[str] = []
-        cut_short = False
 
         def emit(item: str | Line) -> None:
             if isinstance(item, str):
@@ -211,6 +210,7 @@ class Responder:
             for round_ in range(MAX_TOOL_ROUNDS + 1):
                 tools = self.tools.specs if self.tools is not None and round_ < MAX_TOOL_ROUNDS else []
                 said: list[str] = []
+                cut_short = False  # this round's text reached the token limit
                 calls: list[ToolCall] = []
                 running: list[asyncio.Task[ToolResult]] = []
                 try:
