@@ -62,7 +62,6 @@ class SentenceChunker:
         for match in _CLAUSE_END.finditer(self._buffer):
             if len(self._buffer[: match.start()].split()) >= min_words:
                 return match.end()
-        words = self._buffer.split()
-        if _ENDS_HERE.search(self._buffer) and words[-1].lower() not in _ABBREVIATIONS:
+        if _ENDS_HERE.search(self._buffer) and self._buffer.split()[-1].lower() not in _ABBREVIATIONS:
             return len(self._buffer)
         return None
