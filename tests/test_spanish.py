@@ -65,9 +65,9 @@ async def test_a_spanish_call_is_recorded_with_its_transcript(
     assert record["outcome"] == "caller_hung_up" and record["ended_at"] >= record["started_at"]
     greeting, caller, agent = record["transcript"]
     assert greeting == {"role": "assistant", "content": DEFAULT_GREETINGS["es"]}
-    # The same clip gave 0.21 in 1 of 3 runs ("cambiarme", "melico") and <= 0.2 in the others; not yet explained
-    # (suspected: the turn's audio ends where the pause was judged, which moves with the machine's load).
-    assert caller["role"] == "user" and word_error_rate(SPANISH["cita"], caller["content"]) <= 0.25, caller
+    # The simulator starts each clip on the same phase of Silero's windows, so the turn is cut the same way every
+    # run (it was not: 0.21 in 1 of 3 runs, "cambiarme ... melico", on 80 ms more audio).
+    assert caller["role"] == "user" and word_error_rate(SPANISH["cita"], caller["content"]) <= 0.2, caller
     assert agent["role"] == "assistant" and agent["content"]
     (timings,) = record["turn_timings"]
     assert timings["voice_to_voice"] is not None and timings["stt"] > 0

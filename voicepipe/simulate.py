@@ -26,6 +26,10 @@ from voicepipe.audio.resample import resample
 FRAME_SECONDS = 0.02
 FRAME_BYTES = 160
 SILENCE_FRAME = b"\xff" * FRAME_BYTES
+# Each clip starts a whole number of these frames into the stream (160 ms: where 20 ms frames and Silero's 32 ms
+# windows line up again). Otherwise the clip's alignment with those windows is set by how many silent frames
+# went before it, a wall-clock count, and the same clip was segmented differently from run to run.
+PHASE_FRAMES = 8
 
 
 def load_audio_8k(path: Path) -> np.ndarray:
@@ -281,6 +285,8 @@ async def simulate_call(
                             await send_frame(SILENCE_FRAME)
                         speech_end_at = time.perf_counter()
                     elif clip is not None:
+                        while chunk % PHASE_FRAMES:
+                            await send_frame(SILENCE_FRAME)
                         ulaw = pcm16_to_ulaw(clip)
                         ulaw += b"\xff" * (-len(ulaw) % FRAME_BYTES)
                         start_frame, end_frame = speech_bounds(clip)
