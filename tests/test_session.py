@@ -253,3 +253,24 @@ async def test_a_reply_cut_off_by_the_token_limit_ends_at_its_last_whole_sentenc
     await play_reply(session, twilio)
     assert session.history[-1] == {"role": "assistant", "content": spoken}
     await session.close()
+
+
+@pytest.mark.parametrize(("reply", "spoken", "finished"), [
+    ("Sorry for any misunderstanding. Sorry for any misunderstanding. Sorry for any misunderstanding.",
+     "Sorry for any misunderstanding.", 0),
+    ("We open at nine. Sorry, we open at nine, not ten. We open at nine.", "We open at nine. "
+     "Sorry, we open at nine, not ten.", 0),
+    ("No. No, that is not possible. No.", "No. No, that is not possible. No.", 1),
+])
+async def test_a_reply_that_repeats_itself_ends_before_the_repeat(
+    unit_settings: Settings, jfk_clause: np.ndarray, reply: str, spoken: str, finished: int
+) -> None:
+    # A looping model is stopped at the first sentence it says again, so the loop reaches neither the caller nor
+    # the history (where the model would copy it into its next replies); a short "No." may come back.
+    chat = FakeChat(reply)
+    session, twilio, _ = make_session(unit_settings, FakeTranscriber("And so my fellow Americans."), chat)
+    await speak(session, np.concatenate([jfk_clause, silence(0.7)]))
+    await play_reply(session, twilio)
+    assert session.history[-1] == {"role": "assistant", "content": spoken}
+    assert chat.finished == finished  # the model was stopped, not left to write to its limit
+    await session.close()

@@ -7,7 +7,9 @@ text and audio early but plays nothing until it is committed, and it is dropped 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ from voicepipe.engines.stt import Transcriber, Transcript
 log = logging.getLogger(__name__)
 
 MAX_TOOL_ROUNDS = 3  # model -> tools -> model ... at most this many times in one reply
+# A piece of this many words or more said again in one reply means the model is looping (SmolLM2 was heard
+# saying "I'm sorry for any misunderstanding." 17 times, to its token limit); shorter ones ("No.") may repeat.
+LOOP_MIN_WORDS = 3
 FILLER_AFTER_SECONDS = 0.7  # a tool still running this long: the caller hears "One moment."
 
 
@@ -192,6 +197,7 @@ class Responder:
         started = time.perf_counter()
         chunker = SentenceChunker()
         whole_reply: list[str] = []
+        repetition = LoopGuard()
 
         def emit(item: str | Line) -> None:
             if isinstance(item, str):
@@ -215,27 +221,37 @@ class Responder:
                 running: list[asyncio.Task[ToolResult]] = []
                 try:
                     with self.observers.watch("llm"):
-                        async for event in self.chat.stream(messages, key=self.call_sid, tools=tools):
-                            if timings.llm_first_token is None:
-                                timings.llm_first_token = time.perf_counter() - started
-                            if isinstance(event, TextDelta):
-                                said.append(event.text)
-                                for sentence in chunker.push(event.text):
-                                    emit(sentence)
-                            elif isinstance(event, CutShort):
-                                cut_short = True
-                            elif tools:  # run as soon as it is complete, while the model goes on
-                                calls.append(event)
-                                running.append(asyncio.create_task(self._run_tool(reply, event)))
-                            else:
-                                log.warning("the model called tool %r, which it was not offered; ignored",
-                                            event.name[:64])
+                        # Closed at once when the reply stops early, so the model stops writing too.
+                        async with contextlib.aclosing(self.chat.stream(messages, key=self.call_sid,
+                                                                        tools=tools)) as stream:
+                            async for event in stream:
+                                if timings.llm_first_token is None:
+                                    timings.llm_first_token = time.perf_counter() - started
+                                if isinstance(event, TextDelta):
+                                    said.append(event.text)
+                                    for sentence in chunker.push(event.text):
+                                        if repetition.repeats(sentence):
+                                            break
+                                        emit(sentence)
+                                    if repetition.found:
+                                        break
+                                elif isinstance(event, CutShort):
+                                    cut_short = True
+                                elif tools:  # run as soon as it is complete, while the model goes on
+                                    calls.append(event)
+                                    running.append(asyncio.create_task(self._run_tool(reply, event)))
+                                else:
+                                    log.warning("the model called tool %r, which it was not offered; ignored",
+                                                event.name[:64])
                     # A reply cut off by the token limit ends at its last whole sentence: the caller does not hear
                     # half a thought (unless that is all there is).
-                    tail = list(chunker.flush())
+                    tail = [] if repetition.found else [s for s in chunker.flush() if not repetition.repeats(s)]
                     if not (cut_short and timings.llm_first_sentence is not None):
                         for sentence in tail:
                             emit(sentence)
+                    if repetition.found:
+                        log.info("the model repeated itself; the reply ends before the repeat")
+                        break
                     if not calls:
                         break
                     results = await self._tool_results(reply, running, emit)
@@ -273,6 +289,22 @@ class Responder:
     def _line(self, name: str) -> Line | None:
         audio = self.phrases.audio.get(name)
         return Line(self.phrases.text[name], audio) if audio else None
+
+
+class LoopGuard:
+    """Notices a reply saying again what it already said: the model is looping, and the reply should end."""
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()
+        self.found = False
+
+    def repeats(self, piece: str) -> bool:
+        words = re.findall(r"\w+", piece.lower())
+        if len(words) >= LOOP_MIN_WORDS:
+            key = " ".join(words)
+            self.found = self.found or key in self._said
+            self._said.add(key)
+        return self.found
 
 
 def assistant_calls(text: str, calls: list[ToolCall]) -> Message:
