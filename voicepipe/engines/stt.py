@@ -23,13 +23,12 @@ WHISPER_RATE = 16000
 # The padding is zeros in log-mel space, as whisper's own pad_or_trim does: padding the *audio* with digital
 # silence instead made short clips decode in loops ("Hello, how can I help? Hello, how can I...").
 PAD_FRAMES = 100  # 10 ms each
-# But the window must not be too short. Measured (tiny.en, 10 short Piper phrases x 12 placements, 8 kHz
+# But the window must not be too short. Measured here (tiny.en, 10 short Piper phrases x 12 placements, 8 kHz
 # mu-law): utterance + 1 s looped on 20 of 30 placements of one 2 s question; a 10 s minimum window gave
-# 3.2% WER at 0.16 s, 15 s 0.8% at 0.22 s, 20 s 0.0% at 0.24 s, the full 30 s 0.3% at 0.49 s. Measured again
-# on an AVX2-only CPU, where the window costs more (70 English Piper utterances at 3 rates and 4 real recordings;
-# 39 Spanish espeak-ng utterances and 3 recordings, whisper base): 15 s against 20 s, WER 9.8% / 10.1% (en),
-# 35.7% / 37.0% (es), no loops in either, and 0.27-0.30 s against 0.33-0.41 s per English utterance.
-MIN_WINDOW_FRAMES = 1500
+# 3.2% WER at 0.16 s, 15 s 0.8% at 0.22 s, 20 s 0.0% at 0.24 s, the full 30 s 0.3% at 0.49 s.
+# Tried again on an AVX2-only CPU, where 15 s saves ~0.1 s: the WER of 116 utterances was no worse, but
+# "What colour is the sky on a clear day?" at 6 placements came out wrong at 1 (15 s) and 3 (10 s), never at 20 s.
+MIN_WINDOW_FRAMES = 2000
 FULL_WINDOW_FRAMES = 3000
 # A decode that loops anyway is redone on the full 30 s window, where the model was trained. Whisper's own
 # test (gzip compression ratio > 2.4) misses loops cut short by the token cap, so repeats are checked too.
