@@ -103,7 +103,7 @@ class Judgment:
     done: bool
     probability: float | None  # Smart Turn's P(done); None without the model
     cue: str  # the words' reason to keep the turn open, or ""
-    seconds: float  # from the question to the answer (the model beside the transcription)
+    seconds: float  # from the question to the answer (the transcription, then the model)
 
 
 class TurnJudge:
@@ -113,16 +113,15 @@ class TurnJudge:
         self.threshold = threshold
 
     async def judge(self, audio: np.ndarray, transcript: Awaitable[str], earlier: str = "") -> Judgment:
-        """Ask the audio model (in a worker thread) while the words are transcribed, then weigh both. `earlier`:
-        the transcript at this utterance's previous pause, when the caller has spoken on since."""
+        """Weigh the words, then ask the audio model (in a worker thread). `earlier`: the transcript at this
+        utterance's previous pause, when the caller has spoken on since.
+
+        The model runs after the transcription, not beside it: on a CPU, whisper uses every core and the reply
+        waits for its words, while the model's ~50 ms on one core then run beside the LLM's first tokens (one
+        thread), on the core that is idle; the turn still commits only when the reply has audio."""
         started = time.perf_counter()
-        sound = asyncio.ensure_future(asyncio.to_thread(self.model.probability_done, audio)) if self.model else None
-        try:
-            text = await transcript
-            probability = await sound if sound is not None else None
-        finally:
-            if sound is not None and not sound.done():
-                sound.cancel()
+        text = await transcript
         cue = unfinished_cue(text, self.language) or ("words unheard" if words_unheard(earlier, text) else "")
+        probability = await asyncio.to_thread(self.model.probability_done, audio) if self.model else None
         done = not cue and (probability is None or probability >= self.threshold)
         return Judgment(done, probability, cue, time.perf_counter() - started)

@@ -7,6 +7,7 @@ replies) is sent to that server: it is the only place call content goes besides 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -155,18 +156,22 @@ class FallbackChat:
             else:
                 self.answers["local"] += 1
                 log.info("turn answered by local")
-                if first is not None:
-                    yield first
-                    async for delta in deltas:
-                        yield delta
+                try:
+                    if first is not None:
+                        yield first
+                        async for delta in deltas:
+                            yield delta
+                finally:
+                    await deltas.aclose()  # closed early (the reply ended): the model stops now, not when collected
                 return
         reason = reason or "error"  # (only None here if the primary path fell through, which it cannot)
         self.fallbacks[reason] += 1
         self.last_fallback_reason = reason
         self.answers[self.secondary.name] += 1
         log.info("turn answered by %s (fallback: local %s)", self.secondary.name, reason)
-        async for delta in self.secondary.stream(messages, key, tools, force_tool):
-            yield delta
+        async with contextlib.aclosing(self.secondary.stream(messages, key, tools, force_tool)) as deltas:
+            async for delta in deltas:
+                yield delta
 
     def _reason_to_skip_primary(self) -> str | None:
         if self.primary is None:
