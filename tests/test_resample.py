@@ -1,6 +1,6 @@
 import numpy as np
 
-from voicepipe.audio.resample import StreamResampler, resample
+from voicepipe.audio.resample import StreamResampler, Upsampler2x, resample
 
 
 def tone(freq: float, rate: int, seconds: float = 1.0, amplitude: float = 0.5) -> np.ndarray:
@@ -40,3 +40,22 @@ def test_streaming_in_chunks_equals_one_shot() -> None:
     chunked = np.concatenate(pieces)
     assert len(chunked) == len(whole)
     assert np.max(np.abs(chunked.astype(np.int32) - whole.astype(np.int32))) <= 2
+
+
+def test_the_upsampler_for_speech_detection_hands_out_every_chunk_at_once() -> None:
+    signal = tone(1000, 8000, seconds=1.0)
+    upsampler = Upsampler2x()
+    pieces = [upsampler.process(signal[i : i + 160]) for i in range(0, len(signal), 160)]
+    assert all(len(piece) == 320 for piece in pieces)  # no block held back
+    out = (np.concatenate(pieces) * 32767).astype(np.int16)
+    assert abs(dominant_frequency(out[400:], 16000) - 1000) < 5
+    assert abs(level_db(out[400:]) - level_db(signal)) < 0.2
+
+
+def test_the_upsampler_for_speech_detection_leaves_no_images() -> None:
+    # Zero-stuffing mirrors 3 kHz to 5 kHz at full level; the filter must remove that copy.
+    out = Upsampler2x().process(tone(3000, 8000, seconds=1.0))
+    steady = out[400:]
+    spectrum = np.abs(np.fft.rfft(steady * np.hanning(len(steady))))
+    image, signal = spectrum[5000 * len(steady) // 16000], spectrum[3000 * len(steady) // 16000]
+    assert 20 * np.log10(image / signal) < -60

@@ -84,6 +84,19 @@ def test_steady_noise_never_starts_a_turn_with_silero() -> None:
 
 
 @pytest.mark.models
+def test_silero_hears_each_frame_as_it_arrives(jfk_8k: np.ndarray) -> None:
+    # Its 32 ms windows complete every 1.6 frames; behind a resampler that hands out ~100 ms blocks (soxr's
+    # streams), the probability changed once in 5 frames and each onset was heard up to 100 ms late.
+    from voicepipe.audio.vad import SileroStream, load_silero
+
+    stream = SileroStream(load_silero())
+    speech = jfk_8k[: 4 * RATE]
+    probabilities = [stream.feed(speech[i : i + 160]) for i in range(0, len(speech), 160)]
+    changed = sum(a != b for a, b in zip(probabilities, probabilities[1:], strict=False))
+    assert changed >= 0.5 * len(probabilities), changed  # 5 frames in 8; behind soxr, 1 in 5
+
+
+@pytest.mark.models
 def test_speech_still_makes_a_turn_with_silero(jfk_8k: np.ndarray) -> None:
     from voicepipe.audio.vad import SileroStream, load_silero
 

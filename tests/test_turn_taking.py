@@ -177,7 +177,7 @@ async def test_a_complete_question_ends_at_the_first_pause(
         result = await simulate_call(url, [FIXTURES / clip])
         await wait_for(ended)
         (turn,) = await turn_stats(url, result.call_sid)
-    assert turn["end_of_turn"] == "judged", turn
+    assert turn["end_of_turn"] == "judged", str(turn)
     assert result.turns[0].reply_seconds > 0.3
     if not noise_to_the_end:  # (the weather clip's background noise is within 35 dB of its peak to its last frame:
         # the simulator takes all of it for speech, so the agent always seems to answer "over" it)

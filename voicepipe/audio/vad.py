@@ -2,7 +2,7 @@
 
 webrtcvad alone is fooled by steady noise (hum, hiss, music, tones); Silero is a neural speech detector that
 is not. The model takes 32 ms windows of 16 kHz audio with 64 samples of context and an LSTM state, so each
-call keeps its own state and upsamples the 8 kHz line audio (stateful, band-limited) on the way in.
+call keeps its own state and upsamples the 8 kHz line audio (stateful, band-limited, 2 ms late) on the way in.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 
-from voicepipe.audio.codec import pcm16_to_float
-from voicepipe.audio.resample import StreamResampler
+from voicepipe.audio.resample import Upsampler2x
 
 WINDOW = 512  # samples at 16 kHz: 32 ms
 CONTEXT = 64
@@ -41,7 +40,7 @@ class SileroStream:
 
     def __init__(self, session: onnxruntime.InferenceSession) -> None:
         self._session = session
-        self._upsampler = StreamResampler(8000, 16000)
+        self._upsampler = Upsampler2x()  # not soxr's stream: it would hold each onset back ~100 ms
         self._pending = np.zeros(0, dtype=np.float32)
         self._context = np.zeros(CONTEXT, dtype=np.float32)
         self._h = np.zeros((1, 1, 128), dtype=np.float32)
@@ -49,7 +48,7 @@ class SileroStream:
         self.probability = 0.0
 
     def feed(self, samples_8k: np.ndarray) -> float:
-        audio = pcm16_to_float(self._upsampler.process(samples_8k))
+        audio = self._upsampler.process(samples_8k)
         self._pending = np.concatenate([self._pending, audio])
         while len(self._pending) >= WINDOW:
             window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
