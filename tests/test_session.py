@@ -258,8 +258,8 @@ async def test_a_reply_cut_off_by_the_token_limit_ends_at_its_last_whole_sentenc
 @pytest.mark.parametrize(("reply", "spoken", "finished"), [
     ("Sorry for any misunderstanding. Sorry for any misunderstanding. Sorry for any misunderstanding.",
      "Sorry for any misunderstanding.", 0),
-    ("We open at nine. Sorry, we open at nine, not ten. We open at nine.", "We open at nine. "
-     "Sorry, we open at nine, not ten.", 0),
+    ("We open at nine. Sorry, we open at nine, not ten. We open at nine.",
+     "We open at nine. Sorry, we open at nine, not ten.", 0),
     ("No. No, that is not possible. No.", "No. No, that is not possible. No.", 1),
 ])
 async def test_a_reply_that_repeats_itself_ends_before_the_repeat(
