@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import FIXTURES, word_error_rate
 from tests.fakes import (
+    REPLY,
     FakeChat,
     FakeTranscriber,
     FakeTurnModel,
@@ -122,6 +123,23 @@ async def test_a_caller_who_goes_on_before_the_reply_is_ready_is_not_talked_over
     assert timings.end_of_turn == "judged" and session.judgments == 2
     assert transcriber.heard[1] > transcriber.heard[0] + len(jfk_clause)  # the answer heard both clauses
     assert session.history[-2] == {"role": "user", "content": "And so my fellow Americans, ask not."}
+    await session.close()
+
+
+async def test_a_turn_judged_done_stays_judged_when_its_reply_is_slower_than_the_maximum_silence(
+    unit_settings: Settings, jfk_clause: np.ndarray
+) -> None:
+    # A slow model: the maximum silence runs out while the judged turn waits for its first audio. The turn was
+    # still ended by the judge, at its decision, and the record must say so (not "a thought left open", 2 s).
+    session, twilio, turns = make_session(unit_settings, FakeTranscriber("And so my fellow Americans."),
+                                          FakeChat(first_delay=0.5), turn_model=FakeTurnModel(0.9))
+    await speak(session, np.concatenate([jfk_clause, silence(0.3)]))
+    await until(lambda: session.judgments)
+    await speak(session, silence(2.0))  # past the maximum silence, before the reply has audio
+    await play_reply(session, twilio)
+    (timings,) = turns.finished
+    assert timings.end_of_turn == "judged" and timings.vad_wait == timings.turn_decision
+    assert session.history[-1] == {"role": "assistant", "content": REPLY}
     await session.close()
 
 

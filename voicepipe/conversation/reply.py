@@ -56,6 +56,7 @@ class Reply:
     # meanwhile its player must not start another sentence.
     stopped: bool = False
     failed: bool = False
+    judged_done: bool = False  # its pause was judged the end of the turn (the commit waits for its audio)
     action: Action | None = None  # a built-in tool the model called: done once the reply has been spoken
 
     async def words_heard(self) -> str:

@@ -238,6 +238,7 @@ class CallSession:
         if not judgment.done and not judgment.cue:  # the words could end here; the model is not sure
             self.turn_taking.end_at_silence(pause.speech_end_ms, self.settings.turn.end_of_turn_ms)
         elif judgment.done:
+            reply.judged_done = True
             await reply.ready.wait()  # listening on until there is something to say (speech cancels this task)
             if self._speculative is not reply:
                 return
@@ -252,6 +253,11 @@ class CallSession:
         if reply is None or reply.failed:  # a speculation that failed (a model fault) gets one fresh try
             reply = self._start_reply(turn.audio, turn.speech_end_ms, speculative=False)
             decided_after = None
+        elif turn.by == "max_silence" and reply.judged_done:
+            # Judged done, then the maximum silence ran out while its audio was still being made (a slow
+            # model): the judge ended this turn, when it decided.
+            turn = dataclasses.replace(turn, by="judged")
+            decided_after = reply.timings.turn_decision
         reply.timings.vad_wait = decided_after if decided_after is not None else \
             time.perf_counter() - reply.speech_end_wall
         reply.timings.end_of_turn = turn.by
