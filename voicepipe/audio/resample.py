@@ -50,4 +50,4 @@ class Upsampler2x:
         stuffed[::2] = pcm16_to_float(samples)
         signal = np.concatenate([self._history, stuffed])
         self._history = signal[len(signal) - len(self._history) :]
-        return np.convolve(signal, self._taps, mode="valid").astype(np.float32)
+        return np.convolve(signal, self._taps, mode="valid")  # float32, as both inputs are
