@@ -84,9 +84,20 @@ def test_turn_settings() -> None:
     settings = load_settings({}, env_file=None)
     assert settings.turn_model_path is not None and settings.turn_model_path.name == "smart-turn-v3.2-cpu.onnx"
     assert (settings.turn_threshold, settings.max_silence_ms, settings.barge_in_ms) == (0.5, 2000, 80)
+    assert settings.turn_recheck_ms == 300
+    assert load_settings({"VOICEPIPE_TURN_RECHECK_MS": "0"}, env_file=None).turn_recheck_ms == 0
     assert load_settings({"VOICEPIPE_TURN_MODEL": "off"}, env_file=None).turn_model_path is None
     with pytest.raises(ConfigError, match="VOICEPIPE_MAX_SILENCE_MS"):
         load_settings({"VOICEPIPE_PAUSE_MS": "900", "VOICEPIPE_END_OF_TURN_MS": "1000",
                        "VOICEPIPE_MAX_SILENCE_MS": "800"}, env_file=None)
     with pytest.raises(ConfigError, match="VOICEPIPE_TURN_THRESHOLD"):
         load_settings({"VOICEPIPE_TURN_THRESHOLD": "1.5"}, env_file=None)
+    with pytest.raises(ConfigError, match="VOICEPIPE_TURN_RECHECK_MS"):
+        load_settings({"VOICEPIPE_TURN_RECHECK_MS": "-1"}, env_file=None)
+
+
+def test_the_example_env_file_holds_the_defaults() -> None:
+    # Operators start from it: a value there that is not the default changes their agent without saying so
+    # (it said 200 ms pauses and 120 ms barge-in after both had been measured down to 100 and 80).
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    assert load_settings({}, env_file=example) == load_settings({}, env_file=None)
