@@ -180,12 +180,13 @@ async def play_reply(session: CallSession, twilio: Twilio, rounds: int = 300) ->
 
 
 class FakeTurnModel:
-    """Says P(done) = `probability` for every utterance, and keeps how long each was."""
+    """Says P(done) = `probability` for every utterance (or each of `later` in turn, for the next questions),
+    and keeps how long each was."""
 
-    def __init__(self, probability: float) -> None:
-        self.probability = probability
+    def __init__(self, probability: float, *later: float) -> None:
+        self.probabilities = [probability, *later]
         self.heard: list[int] = []
 
     def probability_done(self, audio_8k: np.ndarray) -> float:
         self.heard.append(len(audio_8k))
-        return self.probability
+        return self.probabilities[min(len(self.heard), len(self.probabilities)) - 1]

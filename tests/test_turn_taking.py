@@ -26,12 +26,13 @@ from tests.fakes import (
     until,
 )
 from tests.helpers import serving, user_turns, wait_for
+from voicepipe.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from voicepipe.callers import espeak_speech, piper_speech, with_pauses, write_clip
 from voicepipe.config import Settings
 from voicepipe.conversation.judge import unfinished_cue, words_unheard
 from voicepipe.engines.models import Models
 from voicepipe.engines.turn_model import MODEL_RATE, turn_features
-from voicepipe.simulate import CallerTurn, load_audio_8k, simulate_call
+from voicepipe.simulate import CallerTurn, load_audio_8k, simulate_call, speech_bounds
 
 CUT_IN_SECONDS = 0.1  # agent audio over the caller's speech for longer than this is a cut-in (less is a fade)
 
@@ -143,6 +144,27 @@ async def test_a_turn_judged_done_stays_judged_when_its_reply_is_slower_than_the
     await session.close()
 
 
+async def test_a_turn_the_model_was_unsure_of_ends_when_more_silence_makes_it_sure(
+    unit_settings: Settings, jfk_clause: np.ndarray
+) -> None:
+    # Complete words, but P(done) 0.2 at the pause: asked again once the silence is turn_recheck_ms long, the
+    # model says 0.9, and the turn ends then, not at the 550 ms silence.
+    model = FakeTurnModel(0.2, 0.9)
+    session, twilio, turns = make_session(unit_settings, FakeTranscriber("And so my fellow Americans."),
+                                          turn_model=model)
+    await speak(session, np.concatenate([jfk_clause, silence(0.2)]))
+    await until(lambda: session.judgments)
+    assert len(model.heard) == 1 and not session.agent_speaking
+    await speak(session, silence(0.2))  # 0.3 s of silence in all: asked again, and done
+    await until(lambda: session.floor.reply is not None)
+    assert session.turn_taking.clock_ms - session.turn_taking.detector.last_voiced_ms < 550
+    await play_reply(session, twilio)
+    (timings,) = turns.finished
+    assert timings.end_of_turn == "judged" and timings.turn_probability == 0.9
+    assert model.heard[1] - model.heard[0] >= (unit_settings.turn_recheck_ms - 200) * 8  # it heard the silence
+    await session.close()
+
+
 @pytest.mark.parametrize(("text", "probability", "cue", "silence_ms", "ended_by"), [
     ("And so my fellow and", 0.9, "open word", 2000, "max_silence"),  # sounds done, but the words are not
     ("And so my fellow Americans.", 0.2, "", 550, "silence"),  # the words could end, but it does not sound so
@@ -168,6 +190,19 @@ async def test_a_turn_judged_open_waits_for_a_longer_silence(
 
 
 # -- real models ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.models
+def test_smart_turn_grows_surer_of_a_finished_question_with_the_silence_after_it(models: Models) -> None:
+    # What turn_recheck_ms relies on: unsure after 100 ms of silence, sure after 300 ms (as the phone line
+    # carries it: mu-law).
+    assert models.turn_model is not None
+    question = ulaw_to_pcm16(pcm16_to_ulaw(load_audio_8k(FIXTURES / "en_rhino_coffee_question.wav")))
+    start, end = speech_bounds(question)
+    speech = question[max(0, start * 160 - 4000) : end * 160]
+    after_100, after_300 = (models.turn_model.probability_done(np.concatenate([speech, silence(seconds)]))
+                            for seconds in (0.1, 0.3))
+    assert after_100 < 0.5 <= after_300, (after_100, after_300)
 
 
 @pytest.mark.models

@@ -126,6 +126,10 @@ class TurnDetector:
         """Audio time consumed so far."""
         return self._clock_ms
 
+    def utterance_so_far(self) -> np.ndarray:
+        """The utterance in progress, with the silence heard after it so far (empty outside one)."""
+        return np.concatenate(self._utterance) if self._in_speech and self._utterance else np.zeros(0, np.int16)
+
     def reset(self) -> None:
         """Forget any utterance in progress (e.g. after the agent hung up or took a DTMF turn)."""
         self._utterance = []

@@ -124,6 +124,16 @@ class TurnTaking:
         if self.detector.paused and self.detector.last_voiced_ms == speech_end_ms:
             self._end_at_silence_ms = silence_ms
 
+    def no_end_at_silence(self) -> None:
+        """Undo end_at_silence: the turn was judged done after all, and commits once its reply can play."""
+        self._end_at_silence_ms = None
+
+    def pause_so_far(self, speech_end_ms: int) -> np.ndarray | None:
+        """The utterance with the silence after `speech_end_ms` heard so far, or None if the caller spoke since."""
+        if not self.detector.paused or self.detector.last_voiced_ms != speech_end_ms:
+            return None
+        return self.detector.utterance_so_far()
+
     def commit_if_still_paused(self, speech_end_ms: int) -> CommitTurn | None:
         """End the turn at the pause after `speech_end_ms` (judged done), unless the caller spoke since."""
         if self.detector.last_voiced_ms != speech_end_ms or (ended := self.detector.end_turn()) is None:

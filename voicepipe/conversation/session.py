@@ -235,9 +235,17 @@ class CallSession:
                   judgment.probability, judgment.cue or "complete", judgment.seconds * 1000)
         if self._speculative is not reply:
             return
-        if not judgment.done and not judgment.cue:  # the words could end here; the model is not sure
+        done = judgment.done
+        if not done and not judgment.cue:  # the words could end here; the model is not sure
             self.turn_taking.end_at_silence(pause.speech_end_ms, self.settings.turn.end_of_turn_ms)
-        elif judgment.done:
+            probability = await self._ask_again(pause)
+            if probability is not None and self._speculative is reply:
+                timings.turn_probability = probability
+                timings.turn_decision = time.perf_counter() - reply.speech_end_wall
+                done = probability >= self.judge.threshold
+                if done:
+                    self.turn_taking.no_end_at_silence()
+        if done:
             reply.judged_done = True
             await reply.ready.wait()  # listening on until there is something to say (speech cancels this task)
             if self._speculative is not reply:
@@ -245,6 +253,24 @@ class CallSession:
             if commit := self.turn_taking.commit_if_still_paused(pause.speech_end_ms):
                 self._judging = None  # committing now: a new pause must not cancel this task halfway
                 await self._end_turn(commit, decided_after=timings.turn_decision)
+
+    async def _ask_again(self, pause: Speculate) -> float | None:
+        """Smart Turn's P(done) once the pause has lasted turn_recheck_ms (it hears the silence too; the words
+        cannot have changed), or None when the caller spoke first or it is not to be asked again."""
+        assert self.judge is not None
+        recheck_ms = self.settings.turn_recheck_ms
+        if self.judge.model is None or recheck_ms <= 0:
+            return None
+        waited_ms = self.turn_taking.clock_ms - pause.speech_end_ms
+        if waited_ms < recheck_ms:
+            await asyncio.sleep((recheck_ms - waited_ms) / 1000)
+        audio = self.turn_taking.pause_so_far(pause.speech_end_ms)
+        if audio is None:
+            return None
+        silence_ms = self.turn_taking.clock_ms - pause.speech_end_ms
+        probability = await asyncio.to_thread(self.judge.model.probability_done, audio)
+        log.debug("turn model asked again after %d ms of silence: P(done) %.2f", silence_ms, probability)
+        return probability
 
     async def _end_turn(self, turn: CommitTurn, decided_after: float | None = None) -> None:
         """`decided_after`: a judged turn was decided over that long after the speech ended (its commit came
