@@ -153,6 +153,25 @@ async def test_a_saturated_local_model_sends_the_turn_to_the_server(models: Mode
     assert chat.answers == {"local": 2, "openai": 1} and chat.fallbacks == {"saturated": 1}
 
 
+async def test_a_prompt_uses_every_batch_thread_only_while_no_other_instance_generates(models: Models) -> None:
+    import llama_cpp
+
+    local = models.chat
+    assert isinstance(local, LlamaChat) and len(local.instances) == 2
+    first, second = local.instances
+    all_threads = first.context_params.n_threads_batch
+    assert all_threads > first.context_params.n_threads  # else there is nothing to tell apart
+    assert await collect(local, ask("What is two plus two?"), "call-1")  # alone: all of them
+    assert llama_cpp.llama_n_threads_batch(first.ctx) == all_threads
+    holder = local.stream(ask("Tell me a long story about a dragon."), "call-1")
+    try:
+        assert await anext(holder)  # call-1 keeps the first instance busy mid-answer...
+        assert await collect(local, ask("What is three plus three?"), "call-2")  # ...so this one is not alone
+    finally:
+        await holder.aclose()
+    assert llama_cpp.llama_n_threads_batch(second.ctx) == second.context_params.n_threads
+
+
 async def test_when_the_fallback_fails_too_the_caller_hears_an_apology(
     base_settings: Settings, models: Models, speech_dir: Path
 ) -> None:

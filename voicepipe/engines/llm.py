@@ -210,6 +210,7 @@ class InstancePool:
 
     def __init__(self, instances: list[Any]) -> None:
         self._free = list(instances)
+        self._count = len(instances)
         self._waiters: deque[asyncio.Future[Any]] = deque()
         self._last_user: dict[int, str] = {}
 
@@ -236,6 +237,10 @@ class InstancePool:
     def busy(self) -> bool:
         return not self._free
 
+    @property
+    def in_use(self) -> int:
+        return self._count - len(self._free)
+
     def release(self, model: Any) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -243,6 +248,17 @@ class InstancePool:
                 waiter.set_result(model)
                 return
         self._free.append(model)
+
+
+def use_batch_threads(model: Any, alone: bool) -> None:
+    """Evaluate a prompt on all of llama.cpp's batch threads only while no other instance is generating: its
+    threads wait for each other at every step, and with more busy threads than cores each wait can cost a time
+    slice. Measured on 2 cores, 2 simultaneous calls x 10 turns: voice-to-voice p50 1057 ms with both batch
+    threads always, 827-871 ms so (one call alone: 697-758 ms either way)."""
+    import llama_cpp
+
+    params = model.context_params
+    llama_cpp.llama_set_n_threads(model.ctx, params.n_threads, params.n_threads_batch if alone else params.n_threads)
 
 
 class LlamaChat:
@@ -379,6 +395,7 @@ class LlamaChat:
         loop = asyncio.get_running_loop()
         pool = self._instances_pool()
         model = await pool.acquire(key)
+        alone = pool.in_use == 1
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
 
@@ -387,6 +404,7 @@ class LlamaChat:
 
         def work() -> None:
             try:
+                use_batch_threads(model, alone)
                 self._generate(model, messages, emit, cancelled, tools, force_tool)
             except BaseException as exc:  # handed to the awaiting side, which re-raises it
                 emit(exc)
