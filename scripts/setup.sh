@@ -35,8 +35,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" !
     echo "Installing voicepipe and its dependencies (llama-cpp-python compiles once, ~5 min; pip caches it)"
     "$VENV/bin/python" -m pip install "${PIP_OPTIONS[@]}" -e ".${EXTRAS:+[$EXTRAS]}"
     # pip's wheel cache does not key on CMAKE_ARGS: a llama.cpp wheel cached from older flags (OpenMP) would be
-    # reused silently, so the build is checked, and rebuilt if it is one.
-    if "$VENV/bin/python" -c 'import llama_cpp, sys; sys.exit("OPENMP = 1" not in llama_cpp.llama_print_system_info().decode())'; then
+    # reused silently, so the build is checked, and rebuilt if it is one. (GPU builds skip the cache; and with
+    # no CUDA driver in an image build, the CUDA build cannot be imported there.)
+    if [ "$GPU" != 1 ] && "$VENV/bin/python" -c 'import llama_cpp, sys; sys.exit("OPENMP = 1" not in llama_cpp.llama_print_system_info().decode())'; then
         echo "Rebuilding llama-cpp-python without OpenMP (the cached wheel has it; ~5 min)"
         "$VENV/bin/python" -m pip cache remove llama_cpp_python >/dev/null || true
         "$VENV/bin/python" -m pip install "${PIP_OPTIONS[@]}" --force-reinstall --no-deps \
