@@ -153,6 +153,15 @@ async def test_a_saturated_local_model_sends_the_turn_to_the_server(models: Mode
     assert chat.answers == {"local": 2, "openai": 1} and chat.fallbacks == {"saturated": 1}
 
 
+def test_the_installed_llama_cpp_is_the_build_setup_asks_for() -> None:
+    # Without OpenMP (scripts/setup.sh says why). pip's wheel cache ignores CMAKE_ARGS, so only the installed
+    # library itself can tell whether the install took the flags.
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    assert "OPENMP = 1" not in info and "AVX2 = 1" in info, info
+
+
 async def test_a_prompt_uses_every_batch_thread_only_while_no_other_instance_generates(models: Models) -> None:
     import llama_cpp
 
