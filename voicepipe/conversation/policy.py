@@ -121,7 +121,7 @@ class TurnTaking:
     def end_at_silence(self, speech_end_ms: int, silence_ms: int) -> None:
         """The pause after `speech_end_ms` ends the turn once it lasts `silence_ms` (the words could end here,
         though the turn model is not sure); speech before that cancels it."""
-        if self.detector.paused and self.detector.last_voiced_ms == speech_end_ms:
+        if self._paused_at(speech_end_ms):
             self._end_at_silence_ms = silence_ms
 
     def no_end_at_silence(self) -> None:
@@ -130,9 +130,11 @@ class TurnTaking:
 
     def pause_so_far(self, speech_end_ms: int) -> np.ndarray | None:
         """The utterance with the silence after `speech_end_ms` heard so far, or None if the caller spoke since."""
-        if not self.detector.paused or self.detector.last_voiced_ms != speech_end_ms:
-            return None
-        return self.detector.utterance_so_far()
+        return self.detector.utterance_so_far() if self._paused_at(speech_end_ms) else None
+
+    def _paused_at(self, speech_end_ms: int) -> bool:
+        """Still in the pause that followed `speech_end_ms`."""
+        return self.detector.paused and self.detector.last_voiced_ms == speech_end_ms
 
     def commit_if_still_paused(self, speech_end_ms: int) -> CommitTurn | None:
         """End the turn at the pause after `speech_end_ms` (judged done), unless the caller spoke since."""
