@@ -28,7 +28,11 @@ PAD_FRAMES = 100  # 10 ms each
 # 3.2% WER at 0.16 s, 15 s 0.8% at 0.22 s, 20 s 0.0% at 0.24 s, the full 30 s 0.3% at 0.49 s.
 # Tried again on an AVX2-only CPU, where 15 s saves ~0.1 s: the WER of 116 utterances was no worse, but
 # "What colour is the sky on a clear day?" at 6 placements came out wrong at 1 (15 s) and 3 (10 s), never at 20 s.
-MIN_WINDOW_FRAMES = 2000
+# 15 s chosen on an AVX-512 AMD CPU (tiny.en on 1 thread, median 154 -> 100 ms a clip; in the server STT 174-191
+# -> 137-157 ms, end-of-turn wait 275-293 -> 243-262 ms): mean WER over 460 clips (92 phrases by Piper at 3 rates
+# and espeak, 5 placements each) 0.088 against 0.089 at 20 s, no loops; real recordings (7 English, tiny.en; 4
+# Spanish, base; 3 placements) 0.110 / 0.067 against 0.106 / 0.081. 10 s: 0.123 and 11 loops on the 460.
+MIN_WINDOW_FRAMES = 1500
 FULL_WINDOW_FRAMES = 3000
 # A decode that loops anyway is redone on the full 30 s window, where the model was trained. Whisper's own
 # test (gzip compression ratio > 2.4) misses loops cut short by the token cap, so repeats are checked too.
