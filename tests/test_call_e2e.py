@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import pytest
 
 from tests.conftest import FIXTURES, JFK_TRANSCRIPT, word_error_rate, words
@@ -236,14 +237,20 @@ async def test_stop_ends_every_task_of_the_call(base_settings: Settings, models:
 
 
 class FailingTranscriber:
-    """The real transcriber, made to fail its first `failures` calls (a model fault)."""
+    """The real transcriber, made to fail every transcription of the caller's first utterance (a model fault):
+    the speculative one at each of its pauses, however many the turn detector finds, and the fresh try at its end.
+    Each is a prefix of that utterance: all begin as the first one does (its first second holds the pre-roll
+    before the speech, which may be silence in every utterance, and the speech's start)."""
 
-    def __init__(self, real: object, failures: int) -> None:
-        self.real, self.failures = real, failures
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.first: np.ndarray | None = None
 
     def transcribe(self, audio):  # type: ignore[no-untyped-def]
-        if self.failures > 0:
-            self.failures -= 1
+        if self.first is None:
+            self.first = audio[:8000].copy()
+        shared = min(len(audio), len(self.first))
+        if np.array_equal(audio[:shared], self.first[:shared]):
             raise RuntimeError("injected STT fault")
         return self.real.transcribe(audio)  # type: ignore[attr-defined]
 
@@ -251,7 +258,7 @@ class FailingTranscriber:
 async def test_a_model_fault_gets_an_apology_and_the_call_goes_on(
     base_settings: Settings, models: Models, speech_dir: Path
 ) -> None:
-    faulty = dataclasses.replace(models, transcriber=FailingTranscriber(models.transcriber, failures=2))
+    faulty = dataclasses.replace(models, transcriber=FailingTranscriber(models.transcriber))
     async with serving(base_settings, faulty) as (url, ended):
         result = await simulate_call(url, [speech_dir / "capital.wav", speech_dir / "thanks.wav"])
         await wait_for(ended)
