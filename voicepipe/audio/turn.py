@@ -20,9 +20,10 @@ class TurnSettings:
     speech_start_ms: int = 120  # voiced audio needed (within speech_window_ms) before a turn starts
     speech_window_ms: int = 200
     # A short silence: the speculative reply and the turn judgment start here. 80 against 100 ms, full bench on
-    # an AMD CPU (one run each): end-of-turn wait p50 230 against 264 ms, voice-to-voice 495 against 545 ms, the
-    # same 3 cut-ins over 21 utterances with pauses; in a 10-turn run every question was still judged done at
-    # its first pause (P 0.63-0.99).
+    # an AMD CPU (two runs against one): end-of-turn wait p50 230 and 251 against 264 ms, voice-to-voice 495 and
+    # 587 against 545 ms (the machine slowed between the two: STT 148 -> 171 ms), the same 3 cut-ins over 21
+    # utterances with pauses; in a 10-turn run every question was still judged done at its first pause
+    # (P 0.63-0.99).
     pause_ms: int = 80
     end_of_turn_ms: int = 550  # the silence that ends the caller's turn (whatever the turn judge says)
     min_utterance_ms: int = 250  # shorter bursts are clicks or coughs, not turns
