@@ -29,6 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from voicepipe.audio.turn import Paused, SpeechResumed, TurnDetector, TurnSettings
+from voicepipe.audio.vad import SileroStream
 from voicepipe.callers import espeak_speech, piper_speech, with_pauses, write_clip  # noqa: E402
 from voicepipe.cli import running_server  # noqa: E402
 from voicepipe.config import DEFAULT_GREETINGS, DEFAULT_SYSTEM_PROMPTS, Settings, load_settings  # noqa: E402  # noqa: E402
@@ -95,6 +97,7 @@ RECORDED = {
            ("es_fleurs_cierto_question.ogg", True)],
 }
 CUT_IN = 0.1  # seconds of agent audio over the caller's speech
+IN_SCOPE_PAUSE = 1.0  # issue 13's bar: no cut-in at an unfinished thought with pauses up to this long (seconds)
 RATES = (1.0, 0.85, 1.2)  # Piper length_scale: normal, faster, slower
 SPANISH_WPM = (150, 175, 130)
 
@@ -112,8 +115,23 @@ def multi_clause_clips(models: Models, directory: Path) -> list[tuple[str, Path,
             path = write_clip(directory / f"{language}{index}.wav", with_pauses(audio, gaps))
             clips.append((language, path, complete, max(gaps)))
     for language, recorded in RECORDED.items():
-        clips += [(language, FIXTURES / name, complete, 0.0) for name, complete in recorded]
+        clips += [(language, FIXTURES / name, complete, longest_pause(models, FIXTURES / name))
+                  for name, complete in recorded]
     return clips
+
+
+def longest_pause(models: Models, path: Path) -> float:
+    """The longest pause inside a recording, in seconds, as the server's voice activity detection hears it
+    (a recording's pauses are where its speaker made them; the synthetic clips' are the gaps put in)."""
+    detector = TurnDetector(TurnSettings(end_of_turn_ms=10_000), SileroStream(models.silero).feed
+                            if models.silero is not None else None)
+    longest, speech_end_ms = 0, 0
+    for event in detector.feed(load_audio_8k(path)):
+        if isinstance(event, Paused):
+            speech_end_ms = event.speech_end_ms
+        elif isinstance(event, SpeechResumed):
+            longest = max(longest, event.at_ms - speech_end_ms)
+    return longest / 1000
 
 
 def spanish(settings: Settings, models: Models) -> tuple[Settings, Models]:
@@ -149,13 +167,16 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
         print(f"{name:42s} {str(complete):>10s} {gap:5.1f} {talked:10.2f}s {voice:9.2f}s {len(turns):5d}  {ends}")
     # Over 0.1 s of agent audio on the caller's speech is a cut-in; less is the agent starting inside the fade of
     # the caller's last word (where the caller's 35 dB view of "speech" ends after the server's VAD).
-    rude = [r for r in rows if not r[1] and r[0] != "jfk.flac"]
+    rude = [r for r in rows if not r[1] and r[0] != "jfk.flac" and r[2] <= IN_SCOPE_PAUSE]
+    rude_long = [r for r in rows if not r[1] and r[0] != "jfk.flac" and r[2] > IN_SCOPE_PAUSE]
     forgivable = [r for r in rows if r[1]]
     worst = max((r[3] for r in forgivable), default=0.0)
     worst_voice = max((r[5] for r in forgivable), default=0.0)
     yields = ", ".join(f"{t['barge_in'] * 1000:.0f}" for r in forgivable for t in r[4] if t.get("barge_in") is not None)
-    print(f"cut-ins at an unfinished thought: {sum(r[3] > CUT_IN for r in rude)} of {len(rude)} "
-          f"(talked over {sum(r[3] for r in rude):.2f} s); after a finished sentence: "
+    print(f"cut-ins at an unfinished thought, pauses up to {IN_SCOPE_PAUSE:.1f} s: {sum(r[3] > CUT_IN for r in rude)} "
+          f"of {len(rude)} (talked over {sum(r[3] for r in rude):.2f} s); longer pauses: "
+          f"{sum(r[3] > CUT_IN for r in rude_long)} of {len(rude_long)} "
+          f"(talked over {sum(r[3] for r in rude_long):.2f} s); after a finished sentence: "
           f"{sum(r[3] > CUT_IN for r in forgivable)} of {len(forgivable)}, at most {worst:.2f} s "
           f"({worst_voice:.2f} s over their voice; yielded in {yields or '-'} ms); "
           f"pauses longer than 550 ms: {sum(r[2] > 0.55 for r in rows)}; JFK talked over "
@@ -253,12 +274,14 @@ async def bench_barge_in(settings: Settings, models: Models, trials: int, direct
             result = await signed_call(base, script, settings)
             async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:
                 (story, *_) = (await r.json())["turns"]
-            outcomes.append((sound, result.cleared > 0, story["false_alarms"] > 0 and not story["interrupted"]))
+            # (held, resumed, the reply played whole): a sound that never held the agent lost nothing either
+            outcomes.append((sound, result.cleared > 0, story["false_alarms"] > 0, not story["interrupted"]))
     print(f"\nbarge-in, speech onset -> clear ({trials} trials): caller's view p50 {ms(caller, 50)} ms "
           f"p95 {ms(caller, 95)} ms (n={len(caller)}); server's view p50 {ms(server, 50)} ms p95 {ms(server, 95)} ms")
-    print(f"false alarms over a reply ({trials} trials): held {sum(o[1] for o in outcomes)}, resumed with nothing "
-          f"lost {sum(o[2] for o in outcomes)}; " + ", ".join(f"{s}: {'resumed' if r else 'LOST' if h else 'no hold'}"
-                                                              for s, h, r in outcomes))
+    print(f"false alarms over a reply ({trials} trials): nothing lost in {sum(o[3] for o in outcomes)} (held and "
+          f"resumed {sum(o[1] and o[2] and o[3] for o in outcomes)}, never held {sum(not o[1] for o in outcomes)}); "
+          + ", ".join(f"{s}: {'LOST' if not whole else 'resumed' if held else 'no hold'}"
+                      for s, held, _, whole in outcomes))
 
 
 def main() -> int:

@@ -22,17 +22,18 @@ REPLY = "First sentence is here. The second sentence has quite a few more words 
 
 
 class FakeTranscriber:
-    def __init__(self, *texts: str, fail: bool = False) -> None:
+    def __init__(self, *texts: str, fail: bool = False, logprob: float = -0.1) -> None:
         self.texts = list(texts)
         self.heard: list[int] = []  # samples of each utterance it was given
         self.fail = fail
+        self.logprob = logprob  # how sure of its words it is (average log-probability per token)
 
     def transcribe(self, audio: np.ndarray) -> Transcript:
         self.heard.append(len(audio))
         if self.fail:
             raise RuntimeError("injected STT fault")
         text = self.texts.pop(0) if len(self.texts) > 1 else self.texts[0]
-        return Transcript(text, no_speech_prob=0.0, avg_logprob=-0.1, seconds=0.01)
+        return Transcript(text, no_speech_prob=0.0, avg_logprob=self.logprob, seconds=0.01)
 
 
 class FakeChat:

@@ -146,6 +146,16 @@ class Settings:
     # this long: it grows surer with more silence (measured: three complete questions at P 0.28-0.42 after
     # 100 ms of silence were at 0.91-0.97 after 300 ms). 0: not asked again (the turn ends at turn.end_of_turn_ms).
     turn_recheck_ms: int = 300
+    # Words whisper was unsure of (average log-probability per token below turn_min_logprob) cannot say whether
+    # a thought is finished: it hears a dangling word as another ("Llamo por la factura del" as "...factura
+    # mail", -0.58), and the turn model, hearing only a sound, called that fragment done (P 0.96). Such a turn
+    # ends after unsure_words_ms of silence, longer than the pauses people make mid-sentence (up to ~1 s).
+    # Measured on 103 pauses of scripts/bench.py's utterances (mu-law): the fragments the agent talked over at
+    # -0.58 to -1.12; 29 of the 33 complete turns of real recorded speech and of Piper at -0.06 to -0.40 (the 4
+    # others end in numbers, kept open anyway); espeak's Spanish, which whisper-base hears poorly, below -0.5 in
+    # 7 of 8 complete turns (they wait the longer silence). 0: always trust the words.
+    turn_min_logprob: float = -0.5
+    unsure_words_ms: int = 1200
     barge_in_ms: int = 80  # voiced caller speech over the agent that holds it (its words then decide)
     playback_lead_ms: int = 400  # how far ahead of Twilio's playback we send audio
     silence_reprompt_s: float = 10.0  # caller silent this long: "are you still there?"
@@ -407,6 +417,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         turn_threshold=_float(env, "VOICEPIPE_TURN_THRESHOLD", Settings.turn_threshold, 0.0, 1.0),
         max_silence_ms=max_silence_ms,
         turn_recheck_ms=_int(env, "VOICEPIPE_TURN_RECHECK_MS", Settings.turn_recheck_ms, 0, 30_000),
+        turn_min_logprob=_float(env, "VOICEPIPE_TURN_MIN_LOGPROB", Settings.turn_min_logprob, -100.0, 0.0),
+        unsure_words_ms=_int(env, "VOICEPIPE_UNSURE_WORDS_MS", Settings.unsure_words_ms, 100, 30_000),
         barge_in_ms=_int(env, "VOICEPIPE_BARGE_IN_MS", Settings.barge_in_ms, 20, 5000),
         playback_lead_ms=_int(env, "VOICEPIPE_PLAYBACK_LEAD_MS", Settings.playback_lead_ms, 200, 10_000),
         silence_reprompt_s=_float(env, "VOICEPIPE_SILENCE_REPROMPT_S", Settings.silence_reprompt_s, 1.0, 3600.0),

@@ -41,6 +41,7 @@ class Reply:
     timings: TurnTimings
     speech_end_ms: int | None = None  # audio time of the same moment (None for a typed turn)
     user_text: str = ""
+    words_logprob: float = 0.0  # whisper's average log-probability per token of user_text (0: typed or unknown)
     committed: asyncio.Event = field(default_factory=asyncio.Event)
     # The reply waits for its commit: its first audio is ready to play, or it has nothing to play (a goodbye, a
     # tool call first, a failure). A turn judged over commits only now, so a caller who goes on meanwhile is not
@@ -72,6 +73,10 @@ class Reply:
         """What the caller said, once transcribed ("" for no speech or a failed transcription)."""
         await self.transcribed.wait()
         return self.user_text
+
+    async def transcript_and_confidence(self) -> tuple[str, float]:
+        """The transcript and whisper's average log-probability per token of it."""
+        return await self.transcript(), self.words_logprob
 
     async def wait_for_commit(self) -> None:
         """The reply has something to do for the caller now (audio, a goodbye, a tool): it is ready."""
@@ -180,7 +185,7 @@ class Responder:
         if not transcript.is_speech:
             log.debug("utterance had no speech (no_speech_prob %.2f)", transcript.no_speech_prob)
             return False
-        reply.user_text = transcript.text
+        reply.user_text, reply.words_logprob = transcript.text, transcript.avg_logprob
         log.debug("caller said: %s", transcript.text)
         return True
 

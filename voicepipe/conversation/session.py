@@ -29,7 +29,7 @@ from voicepipe.config import Settings
 from voicepipe.conversation.context import ConversationContext
 from voicepipe.conversation.events import Observers, TurnTimings
 from voicepipe.conversation.floor import Floor
-from voicepipe.conversation.judge import TurnJudge
+from voicepipe.conversation.judge import UNSURE_WORDS, TurnJudge
 from voicepipe.conversation.phrases import Phrases
 from voicepipe.conversation.policy import (
     CallerStarted,
@@ -83,7 +83,8 @@ class CallSession:
         silero = SileroStream(models.silero).feed if models.silero is not None else None
         # The judge hears the speculative transcript, so it needs speculation; without it a fixed silence decides.
         judged = bool(settings.turn_model) and models.turn_model is not None and settings.speculative
-        self.judge = TurnJudge(models.turn_model, settings.language, settings.turn_threshold) if judged else None
+        self.judge = TurnJudge(models.turn_model, settings.language, settings.turn_threshold,
+                               settings.turn_min_logprob) if judged else None
         turn = dataclasses.replace(settings.turn, end_of_turn_ms=settings.max_silence_ms) if judged else settings.turn
         self.turn_taking = TurnTaking(turn, settings.speculative, settings.barge_in_ms, silero, judged)
         self.silence = SilenceWatch(settings.silence_reprompt_s, settings.silence_hangup_s, settings.max_call_s,
@@ -226,7 +227,7 @@ class CallSession:
         earlier = ""
         if previous is not None and spoke_on(previous[0].audio, pause.audio):
             earlier = await previous[1].words_heard()
-        judgment = await self.judge.judge(pause.audio, reply.transcript(), earlier)
+        judgment = await self.judge.judge(pause.audio, reply.transcript_and_confidence(), earlier)
         self.judgments += 1
         timings = reply.timings
         timings.turn_probability, timings.turn_cue = judgment.probability, judgment.cue
@@ -236,7 +237,9 @@ class CallSession:
         if self._speculative is not reply:
             return
         done = judgment.done
-        if not done and not judgment.cue:  # the words could end here; the model is not sure
+        if judgment.cue == UNSURE_WORDS:  # neither the words nor the model can be trusted: a longer silence decides
+            self.turn_taking.end_at_silence(pause.speech_end_ms, self.settings.unsure_words_ms)
+        elif not done and not judgment.cue:  # the words could end here; the model is not sure
             self.turn_taking.end_at_silence(pause.speech_end_ms, self.settings.turn.end_of_turn_ms)
             probability = await self._ask_again(pause)
             if probability is not None and self._speculative is reply:
