@@ -248,7 +248,10 @@ async def test_a_complete_question_ends_at_the_first_pause(
         result = await simulate_call(url, [FIXTURES / clip])
         await wait_for(ended)
         (turn,) = await turn_stats(url, result.call_sid)
-    assert turn["end_of_turn"] == "judged", str(turn)
+    # Ended at its one pause, the words complete: judged done by Smart Turn, or by the 550 ms silence when the model
+    # was unsure (P 0.2-0.4 after 80 ms of silence) and a slow, busy CPU answered its second question after that
+    # (seen in CI on a 2-core AVX2 machine: the first judgment took 424 ms); never held open to the maximum silence.
+    assert turn["end_of_turn"] in ("judged", "silence") and turn["turn_cue"] == "", str(turn)
     assert result.turns[0].reply_seconds > 0.3
     if not noise_to_the_end:  # (the weather clip's background noise is within 35 dB of its peak to its last frame:
         # the simulator takes all of it for speech, so the agent always seems to answer "over" it)
