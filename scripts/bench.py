@@ -167,8 +167,9 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
         print(f"{name:42s} {str(complete):>10s} {gap:5.1f} {talked:10.2f}s {voice:9.2f}s {len(turns):5d}  {ends}")
     # Over 0.1 s of agent audio on the caller's speech is a cut-in; less is the agent starting inside the fade of
     # the caller's last word (where the caller's 35 dB view of "speech" ends after the server's VAD).
-    rude = [r for r in rows if not r[1] and r[0] != "jfk.flac" and r[2] <= IN_SCOPE_PAUSE]
-    rude_long = [r for r in rows if not r[1] and r[0] != "jfk.flac" and r[2] > IN_SCOPE_PAUSE]
+    unfinished = [r for r in rows if not r[1] and r[0] != "jfk.flac"]
+    rude = [r for r in unfinished if r[2] <= IN_SCOPE_PAUSE]
+    rude_long = [r for r in unfinished if r[2] > IN_SCOPE_PAUSE]
     forgivable = [r for r in rows if r[1]]
     worst = max((r[3] for r in forgivable), default=0.0)
     worst_voice = max((r[5] for r in forgivable), default=0.0)
