@@ -1,4 +1,5 @@
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,21 @@ def test_speech_probability_vetoes_frames_unless_the_threshold_is_zero(jfk_8k: n
     off = feed_all(TurnDetector(TurnSettings(end_of_turn_ms=1500, silero_threshold=0), never_speech), audio)
     assert not any(isinstance(e, SpeechStarted) for e in vetoed)
     assert [type(e) for e in off if isinstance(e, (SpeechStarted, TurnEnded))][:2] == [SpeechStarted, TurnEnded]
+
+
+@pytest.mark.models
+@pytest.mark.parametrize("clip", ["en_picovoice_wakeword_pause_command.wav", "en_stp_weather_question.wav",
+                                  "en_vosk_digits.wav", "es_fleurs_cierto_question.ogg", "jfk.flac",
+                                  "en_ljspeech_two_clauses.wav"])
+def test_the_simulated_caller_stops_speaking_where_the_voice_does(clip: str) -> None:
+    # The simulator's "the caller has finished" is the start of every caller-view latency and of "talked over":
+    # a recording's background noise after its last word must not count (the first four clips' noise is within
+    # 35 dB of their peak to the last frame), and its speech must (the last two end on quiet words).
+    from voicepipe.audio.vad import SileroStream, load_silero
+    from voicepipe.simulate import load_audio_8k, speech_bounds
+
+    audio = load_audio_8k(Path(__file__).parent / "fixtures" / clip)
+    detector = TurnDetector(TurnSettings(end_of_turn_ms=500), SileroStream(load_silero()).feed)
+    ended = [e for e in feed_all(detector, np.concatenate([audio, silence(1.0)])) if isinstance(e, TurnEnded)]
+    _, end_frame = speech_bounds(audio)
+    assert abs(end_frame * 20 - ended[-1].speech_end_ms) <= 200, (end_frame * 20, ended[-1].speech_end_ms)

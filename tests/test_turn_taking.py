@@ -212,15 +212,16 @@ async def test_a_turn_judged_open_waits_for_a_longer_silence(
 
 @pytest.mark.models
 def test_smart_turn_grows_surer_of_a_finished_question_with_the_silence_after_it(models: Models) -> None:
-    # What turn_recheck_ms relies on: unsure after 100 ms of silence, sure after 300 ms (as the phone line
-    # carries it: mu-law).
+    # What turn_recheck_ms relies on: surer after 300 ms of silence than after 100 ms, and sure by then (as the
+    # phone line carries it: mu-law). After 100 ms it is near the line: 0.36-0.82 by where the clip is cut (20 ms
+    # steps around its last word, 0-1.1 s of the noise before it), 0.61-0.95 after 300 ms, always higher (by 0.15-0.6).
     assert models.turn_model is not None
     question = ulaw_to_pcm16(pcm16_to_ulaw(load_audio_8k(FIXTURES / "en_rhino_coffee_question.wav")))
-    start, end = speech_bounds(question)
-    speech = question[max(0, start * 160 - 4000) : end * 160]
+    _, end = speech_bounds(question)
+    speech = question[: end * 160]  # as recorded, to its last word
     after_100, after_300 = (models.turn_model.probability_done(np.concatenate([speech, silence(seconds)]))
                             for seconds in (0.1, 0.3))
-    assert after_100 < 0.5 <= after_300, (after_100, after_300)
+    assert after_300 >= max(0.5, after_100 + 0.1), (after_100, after_300)
 
 
 @pytest.mark.models
@@ -239,11 +240,8 @@ async def turn_stats(url: str, call_sid: str) -> list[dict[str, object]]:
 
 
 @pytest.mark.models
-@pytest.mark.parametrize(("clip", "noise_to_the_end"), [("en_rhino_coffee_question.wav", False),
-                                                       ("en_stp_weather_question.wav", True)])
-async def test_a_complete_question_ends_at_the_first_pause(
-    base_settings: Settings, models: Models, clip: str, noise_to_the_end: bool
-) -> None:
+@pytest.mark.parametrize("clip", ["en_rhino_coffee_question.wav", "en_stp_weather_question.wav"])
+async def test_a_complete_question_ends_at_the_first_pause(base_settings: Settings, models: Models, clip: str) -> None:
     async with serving(base_settings, models) as (url, ended):
         result = await simulate_call(url, [FIXTURES / clip])
         await wait_for(ended)
@@ -252,10 +250,7 @@ async def test_a_complete_question_ends_at_the_first_pause(
     # was unsure (P 0.2-0.4 after 80 ms of silence) and a slow, busy CPU answered its second question after that
     # (seen in CI on a 2-core AVX2 machine: the first judgment took 424 ms); never held open to the maximum silence.
     assert turn["end_of_turn"] in ("judged", "silence") and turn["turn_cue"] == "", str(turn)
-    assert result.turns[0].reply_seconds > 0.3
-    if not noise_to_the_end:  # (the weather clip's background noise is within 35 dB of its peak to its last frame:
-        # the simulator takes all of it for speech, so the agent always seems to answer "over" it)
-        assert result.turns[0].talked_over < CUT_IN_SECONDS
+    assert result.turns[0].reply_seconds > 0.3 and result.turns[0].talked_over < CUT_IN_SECONDS
 
 
 @pytest.fixture(scope="module")
