@@ -152,9 +152,11 @@ class Settings:
     # ends after unsure_words_ms of silence, longer than the pauses people make mid-sentence (up to ~1 s).
     # Measured on 103 pauses of scripts/bench.py's utterances (mu-law): the fragments the agent talked over at
     # -0.58 to -1.12; 29 of the 33 complete turns of real recorded speech and of Piper at -0.06 to -0.40 (the 4
-    # others end in numbers, kept open anyway); espeak's Spanish, which whisper-base hears poorly, below -0.5 in
-    # 7 of 8 complete turns (they wait the longer silence). 0: always trust the words.
-    turn_min_logprob: float = -0.5
+    # others end in numbers, kept open anyway). In the server the same fragment scores by what came before it
+    # on the line: "factura mail" was -0.49 there (a cut-in at -0.5), so the line sits mid-gap, at -0.45.
+    # espeak's Spanish, which whisper-base hears poorly (-0.47 to -0.88 complete), waits the longer silence.
+    # 0: always trust the words.
+    turn_min_logprob: float = -0.45
     unsure_words_ms: int = 1200
     barge_in_ms: int = 80  # voiced caller speech over the agent that holds it (its words then decide)
     playback_lead_ms: int = 400  # how far ahead of Twilio's playback we send audio

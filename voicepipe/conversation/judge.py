@@ -105,6 +105,7 @@ class Judgment:
     done: bool
     probability: float | None  # Smart Turn's P(done); None without the model
     cue: str  # the words' reason to keep the turn open, or ""
+    logprob: float  # whisper's average log-probability per token of the words (how sure it was of them)
     seconds: float  # from the question to the answer (the model beside the transcription)
 
 
@@ -137,4 +138,4 @@ class TurnJudge:
         if not cue and self.min_logprob < 0 and logprob < self.min_logprob:
             cue = UNSURE_WORDS
         done = not cue and (probability is None or probability >= self.threshold)
-        return Judgment(done, probability, cue, time.perf_counter() - started)
+        return Judgment(done, probability, cue, logprob, time.perf_counter() - started)

@@ -232,8 +232,9 @@ class CallSession:
         timings = reply.timings
         timings.turn_probability, timings.turn_cue = judgment.probability, judgment.cue
         timings.turn_decision = time.perf_counter() - reply.speech_end_wall
-        log.debug("turn judged %s (P(done) %s, words: %s) in %.0f ms", "done" if judgment.done else "open",
-                  judgment.probability, judgment.cue or "complete", judgment.seconds * 1000)
+        log.debug("turn judged %s (P(done) %s, words: %s, log-prob %.2f) in %.0f ms", "done" if judgment.done
+                  else "open", judgment.probability, judgment.cue or "complete", judgment.logprob,
+                  judgment.seconds * 1000)
         if self._speculative is not reply:
             return
         done = judgment.done
