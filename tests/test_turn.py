@@ -127,7 +127,7 @@ def test_speech_probability_vetoes_frames_unless_the_threshold_is_zero(jfk_8k: n
 def test_the_simulated_caller_stops_speaking_where_the_voice_does(clip: str) -> None:
     # The simulator's "the caller has finished" is the start of every caller-view latency and of "talked over":
     # a recording's background noise after its last word must not count (the first four clips' noise is within
-    # 35 dB of their peak to the last frame), and its speech must (the last two end on quiet words).
+    # 35 dB of their peak to within 60 ms of their end), and its speech must (the last two end on quiet words).
     from voicepipe.audio.vad import SileroStream, load_silero
     from voicepipe.simulate import load_audio_8k, speech_bounds
 

@@ -63,7 +63,7 @@ def speech_bounds(samples: np.ndarray) -> tuple[int, int]:
     """The 20 ms frames where a clip's speech starts and ends: the first and last frame within 35 dB of the
     loudest and SPEECH_OVER_NOISE_DB above the noise floor (the quietest frames'). Recorded phone speech
     often has noise within 35 dB of its peak to its last frame (the old 35 dB rule took 4 of tests/fixtures'
-    11 recordings to end at their last frame). Measured on the 11: the ends fall within 0.2 s of where the
+    11 recordings to end within 60 ms of their last frame). Measured on the 11: the ends fall within 0.2 s of where the
     server's voice activity detection (Silero) hears speech end; 2 start with a click Silero does not count."""
     level = _frame_db(samples)
     noise_floor = np.percentile(level, NOISE_PERCENTILE) if len(level) else 0.0
