@@ -1,9 +1,9 @@
 import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.conftest import FIXTURES
 from voicepipe.audio.turn import (
     FRAME_SAMPLES,
     Paused,
@@ -131,7 +131,7 @@ def test_the_simulated_caller_stops_speaking_where_the_voice_does(clip: str) -> 
     from voicepipe.audio.vad import SileroStream, load_silero
     from voicepipe.simulate import load_audio_8k, speech_bounds
 
-    audio = load_audio_8k(Path(__file__).parent / "fixtures" / clip)
+    audio = load_audio_8k(FIXTURES / clip)
     detector = TurnDetector(TurnSettings(end_of_turn_ms=500), SileroStream(load_silero()).feed)
     ended = [e for e in feed_all(detector, np.concatenate([audio, silence(1.0)])) if isinstance(e, TurnEnded)]
     _, end_frame = speech_bounds(audio)

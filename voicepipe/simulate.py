@@ -53,19 +53,24 @@ def _frame_db(samples: np.ndarray) -> np.ndarray:
 def loud_frames(samples: np.ndarray) -> np.ndarray:
     """For each 20 ms frame of a clip: is it speech? Within 35 dB of the clip's loudest frame and inside its
     speech (speech_bounds): a recording's background noise after its last word is not the caller talking."""
-    loud = _frame_db(samples) > -35
-    start, end = speech_bounds(samples)
+    level = _frame_db(samples)
+    start, end = _bounds(level)
+    loud = level > -35
     loud[:start] = loud[end:] = False
     return loud
 
 
 def speech_bounds(samples: np.ndarray) -> tuple[int, int]:
-    """The 20 ms frames where a clip's speech starts and ends: the first and last frame within 35 dB of the
-    loudest and SPEECH_OVER_NOISE_DB above the noise floor (the quietest frames'). Recorded phone speech
-    often has noise within 35 dB of its peak to its last frame (the old 35 dB rule took 4 of tests/fixtures'
-    11 recordings to end within 60 ms of their last frame). Measured on the 11: the ends fall within 0.2 s of where the
-    server's voice activity detection (Silero) hears speech end; 2 start with a click Silero does not count."""
-    level = _frame_db(samples)
+    """The 20 ms frames where a clip's speech starts and ends."""
+    return _bounds(_frame_db(samples))
+
+
+def _bounds(level: np.ndarray) -> tuple[int, int]:
+    """The first and last frame within 35 dB of the loudest and SPEECH_OVER_NOISE_DB above the noise floor (the
+    quietest frames'). Recorded phone speech often has noise within 35 dB of its peak to its last frame (the old
+    35 dB rule took 4 of tests/fixtures' 11 recordings to end within 60 ms of their last frame). Measured on the
+    11: the ends fall within 0.2 s of where the server's voice activity detection (Silero) hears speech end; 2
+    start with a click Silero does not count."""
     noise_floor = np.percentile(level, NOISE_PERCENTILE) if len(level) else 0.0
     loud = np.nonzero(level > max(-35.0, noise_floor + SPEECH_OVER_NOISE_DB))[0]
     return (int(loud[0]), int(loud[-1]) + 1) if len(loud) else (0, 1)
