@@ -163,7 +163,9 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
           "ends, P(done), cue, yield")
     for name, complete, gap, talked, turns, voice in rows:
         ends = ", ".join(f"{t['end_of_turn'] or '?'} {t['turn_probability'] or 0:.2f} {t['turn_cue'] or '-'}"
-                         + (f" {t['barge_in'] * 1000:.0f} ms" if t.get("barge_in") is not None else "") for t in turns)
+                         + (f" {t['barge_in'] * 1000:.0f} ms" if t.get("barge_in") is not None else "")
+                         + (f" (judged done {t['judged_early']}x too early)" if t.get("judged_early") else "")
+                         for t in turns)
         print(f"{name:42s} {str(complete):>10s} {gap:5.1f} {talked:10.2f}s {voice:9.2f}s {len(turns):5d}  {ends}")
     # Over 0.1 s of agent audio on the caller's speech is a cut-in; less is the agent starting inside the fade of
     # the caller's last word (where the caller's 35 dB view of "speech" ends after the server's VAD).
@@ -182,6 +184,13 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
           f"({worst_voice:.2f} s over their voice; yielded in {yields or '-'} ms); "
           f"pauses longer than 550 ms: {sum(r[2] > 0.55 for r in rows)}; JFK talked over "
           f"{sum(r[3] for r in rows if r[0] == 'jfk.flac'):.2f} s")
+    # The turn judged over at a pause the caller went on from: no cut-in here only because the reply's audio was
+    # not ready yet. Where the models are fast (a GPU), each of these is one.
+    early = [r for r in unfinished if any(t.get("judged_early") for t in r[4])]
+    print(f"judged done at a pause the caller went on from (a cut-in where the reply is ready sooner): unfinished "
+          f"thoughts {len(early)} of {len(unfinished)} ({', '.join(r[0] for r in early) or '-'}); "
+          f"after a finished sentence {sum(any(t.get('judged_early') for t in r[4]) for r in forgivable)} "
+          f"of {len(forgivable)}")
 
 
 async def signed_call(base: str, script: Sequence[Path | CallerTurn], settings: Settings) -> CallResult:

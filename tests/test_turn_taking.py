@@ -121,6 +121,7 @@ async def test_a_caller_who_sounds_done_is_answered_at_the_first_pause(
     await play_reply(session, twilio)
     (timings,) = turns.finished
     assert timings.end_of_turn == "judged" and timings.turn_probability == 0.9 and timings.turn_cue == ""
+    assert timings.judged_early == 0
     assert len(model.heard) == 1  # asked once, at the one pause
     await session.close()
 
@@ -141,6 +142,8 @@ async def test_a_caller_who_goes_on_before_the_reply_is_ready_is_not_talked_over
     await play_reply(session, twilio)
     (timings,) = turns.finished
     assert timings.end_of_turn == "judged" and session.judgments == 2
+    # Judged done at the first pause: no cut-in only because the reply was slower than the caller (on record).
+    assert timings.judged_early == 1
     assert transcriber.heard[1] > transcriber.heard[0] + len(jfk_clause)  # the answer heard both clauses
     assert session.history[-2] == {"role": "user", "content": "And so my fellow Americans, ask not."}
     await session.close()

@@ -99,6 +99,7 @@ class CallSession:
         self.floor = Floor(self.speaker, self.responder, phrases, self.turn_taking, self._spawn)
         self._judging: asyncio.Task[None] | None = None  # is the caller done at this pause?
         self.judgments = 0  # pauses judged so far
+        self._judged_early = 0  # pauses of the turn under way judged its end, that the caller spoke on from
         self._last_pause: tuple[Speculate, Reply] | None = None  # the previous pause and the reply begun there
         self._tasks: set[asyncio.Task[Any]] = set()
         self._turns = 0  # committed turns; a turn's number (and its audio tags) is given at commit
@@ -151,6 +152,8 @@ class CallSession:
                 self.silence.activity(time.monotonic())
                 self.floor.note_caller_onset(decision.onset_ms)
             elif isinstance(decision, DropSpeculation):  # the caller went on speaking
+                if self._speculative is not None and self._speculative.judged_done:
+                    self._judged_early += 1
                 self._drop_speculation()
                 self.floor.caller_went_on()
             elif isinstance(decision, Speculate):
@@ -291,6 +294,7 @@ class CallSession:
         reply.timings.vad_wait = decided_after if decided_after is not None else \
             time.perf_counter() - reply.speech_end_wall
         reply.timings.end_of_turn = turn.by
+        reply.timings.judged_early, self._judged_early = self._judged_early, 0
         await self._commit(reply)
 
     async def _commit(self, reply: Reply) -> None:

@@ -52,6 +52,9 @@ class Metrics:
                                     "backchannel, the agent's echo): the reply resumed", registry=self.registry)
         self.cut_ins = Counter("voicepipe_cut_ins", "Replies the agent began while the caller was not done (the "
                                "caller went on within a second)", registry=self.registry)
+        self.judged_early = Counter("voicepipe_turns_judged_early", "Pauses judged the end of the turn that the "
+                                    "caller then spoke on from, before the reply's audio was ready (a cut-in on a "
+                                    "machine that has it ready sooner)", registry=self.registry)
         self.errors = Counter("voicepipe_errors", "Errors, by where and what", ["stage", "kind"],
                               registry=self.registry)
         self.registry.register(_LlmBackendCollector(chat))
@@ -68,6 +71,7 @@ class Metrics:
         if timings.get("cut_in"):
             self.cut_ins.inc()
         self.false_alarms.inc(float(timings.get("false_alarms") or 0))
+        self.judged_early.inc(float(timings.get("judged_early") or 0))
 
     def error(self, stage: str, kind: str) -> None:
         self.errors.labels(stage, kind).inc()
