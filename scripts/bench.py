@@ -34,6 +34,7 @@ from voicepipe.audio.vad import SileroStream
 from voicepipe.callers import espeak_speech, piper_speech, with_pauses, write_clip  # noqa: E402
 from voicepipe.cli import running_server  # noqa: E402
 from voicepipe.config import DEFAULT_GREETINGS, DEFAULT_SYSTEM_PROMPTS, Settings, load_settings  # noqa: E402  # noqa: E402
+from voicepipe.conversation.judge import UNSURE_WORDS, TurnJudge
 from voicepipe.engines.models import Models, load_models  # noqa: E402
 from voicepipe.engines.stt import WhisperTranscriber  # noqa: E402
 from voicepipe.service.logs import setup_logging  # noqa: E402
@@ -134,6 +135,48 @@ def longest_pause(models: Models, path: Path) -> float:
     return longest / 1000
 
 
+async def instant_commits(settings: Settings, models: Models, path: Path) -> list[tuple[int, int | None]]:
+    """Each pause of a clip as the server's detector hears it: (the silence after which a machine whose models
+    take no time would end the turn there, how long the caller actually paused, None after their last words).
+    The server's rule (session._at_pause) with the real models, minus the time they take: the decision alone."""
+    assert models.turn_model is not None
+    judge = TurnJudge(models.turn_model, settings.language, settings.turn_threshold, settings.turn_min_logprob)
+    detector = TurnDetector(dataclasses.replace(settings.turn, end_of_turn_ms=settings.max_silence_ms),
+                            SileroStream(models.silero).feed if models.silero is not None else None)
+    samples = load_audio_8k(path)
+    samples = np.concatenate([samples, np.zeros(8 * settings.max_silence_ms, dtype=np.int16)])
+    pauses: list[tuple[int, int | None]] = []
+    earlier, paused_at = "", 0
+
+    async def heard(audio: np.ndarray) -> tuple[str, float]:
+        transcript = models.transcriber.transcribe(audio)
+        return transcript.text, transcript.avg_logprob
+
+    for chunk_start in range(0, len(samples), 160):
+        for event in detector.feed(samples[chunk_start : chunk_start + 160]):
+            if isinstance(event, SpeechResumed) and pauses:
+                pauses[-1] = (pauses[-1][0], event.at_ms - paused_at)
+            if not isinstance(event, Paused):
+                continue
+            words = await heard(event.audio)
+            judgment = await judge.judge(event.audio, asyncio.sleep(0, words), earlier)
+            earlier, paused_at = words[0], event.speech_end_ms
+            if judgment.cue == UNSURE_WORDS:
+                after = settings.unsure_words_ms
+            elif judgment.done:
+                after = settings.turn.pause_ms
+            elif judgment.cue:
+                after = settings.max_silence_ms
+            else:  # asked again once the silence is turn_recheck_ms long, else the fixed silence ends it
+                recheck = settings.turn_recheck_ms
+                end = (event.speech_end_ms + recheck) * 8
+                again = recheck > 0 and models.turn_model.probability_done(
+                    np.concatenate([event.audio, samples[chunk_start + 160 : end]])) >= settings.turn_threshold
+                after = recheck if again else settings.turn.end_of_turn_ms
+            pauses.append((after, None))
+    return pauses
+
+
 def spanish(settings: Settings, models: Models) -> tuple[Settings, Models]:
     """Spanish on the offline models: the multilingual whisper; the English LLM and voice answer (no matter)."""
     es = dataclasses.replace(settings, language="es", stt_model="whisper-base",
@@ -146,12 +189,15 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
     """Each multi-clause utterance as one call: did the agent talk before the caller finished, and for how long."""
     clips = multi_clause_clips(models, directory)
     rows = []
+    rows_instant: list[tuple[str, bool, float, list[bool]]] = []  # per clip: would end the turn at each pause
     for language in ("en", "es"):
         lang_settings, lang_models = (settings, models) if language == "en" else spanish(settings, models)
         async with running_server(lang_settings, models=lang_models) as base:
             for clip_language, path, complete, gap in clips + [("en", FIXTURES / "jfk.flac", False, 1.26)]:
                 if clip_language != language:
                     continue
+                instant = await instant_commits(lang_settings, lang_models, path)
+                rows_instant.append((path.name, complete, gap, [a < p for a, p in instant if p is not None]))
                 result = await signed_call(base, [path], lang_settings)
                 async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:
                     turns = (await r.json())["turns"]
@@ -187,10 +233,21 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
     # The turn judged over at a pause the caller went on from: no cut-in here only because the reply's audio was
     # not ready yet. Where the models are fast (a GPU), each of these is one.
     early = [r for r in unfinished if any(t.get("judged_early") for t in r[4])]
-    print(f"judged done at a pause the caller went on from (a cut-in where the reply is ready sooner): unfinished "
+    print(f"judged done before the caller went on (a cut-in where the reply is ready sooner): unfinished "
           f"thoughts {len(early)} of {len(unfinished)} ({', '.join(r[0] for r in early) or '-'}); "
           f"after a finished sentence {sum(any(t.get('judged_early') for t in r[4]) for r in forgivable)} "
           f"of {len(forgivable)}")
+    # A slow machine judges too late to count above (the caller has gone on first). The decision alone, as if the
+    # models took no time (a GPU box): the pauses where the turn would end while the caller was not done.
+    instant_rude = [(r[0], sum(r[3])) for r in rows_instant if not r[1] and r[0] != "jfk.flac" and r[2] <= IN_SCOPE_PAUSE
+                    and any(r[3])]
+    instant_done = [r[0] for r in rows_instant if r[1] and any(r[3])]
+    in_scope = sum(not r[1] and r[0] != "jfk.flac" and r[2] <= IN_SCOPE_PAUSE for r in rows_instant)
+    print(f"models taking no time, the turn would end mid-utterance: unfinished thoughts, pauses up to "
+          f"{IN_SCOPE_PAUSE:.1f} s: {len(instant_rude)} of {in_scope} "
+          f"({', '.join(f'{n} x{k}' for n, k in instant_rude) or '-'}); after a finished sentence "
+          f"{len(instant_done)} of {len(forgivable)} ({', '.join(instant_done) or '-'}); JFK "
+          f"{sum(sum(r[3]) for r in rows_instant if r[0] == 'jfk.flac')} pause(s)")
 
 
 async def signed_call(base: str, script: Sequence[Path | CallerTurn], settings: Settings) -> CallResult:
