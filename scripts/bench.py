@@ -34,9 +34,11 @@ from voicepipe.audio.vad import SileroStream
 from voicepipe.callers import espeak_speech, piper_speech, with_pauses, write_clip  # noqa: E402
 from voicepipe.cli import running_server  # noqa: E402
 from voicepipe.config import DEFAULT_GREETINGS, DEFAULT_SYSTEM_PROMPTS, Settings, load_settings  # noqa: E402  # noqa: E402
-from voicepipe.conversation.judge import UNSURE_WORDS, TurnJudge
+from voicepipe.conversation.judge import LONGER_SILENCE_CUES
+from voicepipe.conversation.session import turn_judge
 from voicepipe.engines.models import Models, load_models  # noqa: E402
 from voicepipe.engines.stt import WhisperTranscriber  # noqa: E402
+from voicepipe.engines.turn_text import LlamaTextTurn
 from voicepipe.service.logs import setup_logging  # noqa: E402
 from voicepipe.simulate import CallerTurn, CallResult, load_audio_8k, simulate_call  # noqa: E402
 
@@ -138,9 +140,10 @@ def longest_pause(models: Models, path: Path) -> float:
 async def instant_commits(settings: Settings, models: Models, path: Path) -> list[tuple[int, int | None]]:
     """Each pause of a clip as the server's detector hears it: (the silence after which a machine whose models
     take no time would end the turn there, how long the caller actually paused, None after their last words).
-    The server's rule (session._at_pause) with the real models, minus the time they take: the decision alone."""
+    The server's rule (session._at_pause) with the real models, minus the time they take: the decision alone.
+    `models`: as a GPU box loads them (the text turn model too, by default)."""
     assert models.turn_model is not None
-    judge = TurnJudge(models.turn_model, settings.language, settings.turn_threshold, settings.turn_min_logprob)
+    judge = turn_judge(settings, models)
     detector = TurnDetector(dataclasses.replace(settings.turn, end_of_turn_ms=settings.max_silence_ms),
                             SileroStream(models.silero).feed if models.silero is not None else None)
     samples = load_audio_8k(path)
@@ -161,7 +164,7 @@ async def instant_commits(settings: Settings, models: Models, path: Path) -> lis
             words = await heard(event.audio)
             judgment = await judge.judge(event.audio, asyncio.sleep(0, words), earlier)
             earlier, paused_at = words[0], event.speech_end_ms
-            if judgment.cue == UNSURE_WORDS:
+            if judgment.cue in LONGER_SILENCE_CUES:
                 after = settings.unsure_words_ms
             elif judgment.done:
                 after = settings.turn.pause_ms
@@ -188,6 +191,9 @@ def spanish(settings: Settings, models: Models) -> tuple[Settings, Models]:
 async def bench_turn_taking(settings: Settings, models: Models, directory: Path) -> None:
     """Each multi-clause utterance as one call: did the agent talk before the caller finished, and for how long."""
     clips = multi_clause_clips(models, directory)
+    # The decision alone is a GPU box's view: it reads the words with the text turn model, as "auto" does there.
+    text_path = settings.turn_text_model_path("cuda")
+    text_model = models.turn_text_model or (LlamaTextTurn(text_path) if text_path is not None else None)
     rows = []
     rows_instant: list[tuple[str, bool, float, list[bool]]] = []  # per clip: would end the turn at each pause
     for language in ("en", "es"):
@@ -196,7 +202,8 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
             for clip_language, path, complete, gap in clips + [("en", FIXTURES / "jfk.flac", False, 1.26)]:
                 if clip_language != language:
                     continue
-                instant = await instant_commits(lang_settings, lang_models, path)
+                instant = await instant_commits(lang_settings, dataclasses.replace(
+                    lang_models, turn_text_model=text_model), path)
                 rows_instant.append((path.name, complete, gap, [a < p for a, p in instant if p is not None]))
                 result = await signed_call(base, [path], lang_settings)
                 async with aiohttp.ClientSession() as http, http.get(f"{base}/stats?call_sid={result.call_sid}") as r:
@@ -243,7 +250,8 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
                     and any(r[3])]
     instant_done = [r[0] for r in rows_instant if r[1] and any(r[3])]
     in_scope = sum(not r[1] and r[0] != "jfk.flac" and r[2] <= IN_SCOPE_PAUSE for r in rows_instant)
-    print(f"models taking no time, the turn would end mid-utterance: unfinished thoughts, pauses up to "
+    print(f"models taking no time (text turn model: {'on' if text_model else 'off'}), the turn would end "
+          f"mid-utterance: unfinished thoughts, pauses up to "
           f"{IN_SCOPE_PAUSE:.1f} s: {len(instant_rude)} of {in_scope} "
           f"({', '.join(f'{n} x{k}' for n, k in instant_rude) or '-'}); after a finished sentence "
           f"{len(instant_done)} of {len(forgivable)} ({', '.join(instant_done) or '-'}); JFK "

@@ -191,3 +191,15 @@ class FakeTurnModel:
     def probability_done(self, audio_8k: np.ndarray) -> float:
         self.heard.append(len(audio_8k))
         return self.probabilities[min(len(self.heard), len(self.probabilities)) - 1]
+
+
+class FakeTextTurnModel:
+    """Says P(the message ends here) = `probability` for any words, and keeps the words it read."""
+
+    def __init__(self, probability: float) -> None:
+        self.probability = probability
+        self.read: list[str] = []
+
+    def probability_done(self, text: str) -> float:
+        self.read.append(text)
+        return self.probability

@@ -87,6 +87,14 @@ def test_turn_settings() -> None:
     assert settings.turn_recheck_ms == 300
     assert load_settings({"VOICEPIPE_TURN_RECHECK_MS": "0"}, env_file=None).turn_recheck_ms == 0
     assert load_settings({"VOICEPIPE_TURN_MODEL": "off"}, env_file=None).turn_model_path is None
+    # The text turn model: by default only where the models run on a GPU; "on" everywhere, "off" nowhere.
+    text_model = settings.turn_text_model_path("cuda")
+    assert text_model is not None and text_model.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert settings.turn_text_model_path("cpu") is None and settings.turn_text_threshold == 0.03
+    assert load_settings({"VOICEPIPE_TURN_TEXT_MODEL": "on"}, env_file=None).turn_text_model_path("cpu") == text_model
+    assert load_settings({"VOICEPIPE_TURN_TEXT_MODEL": "off"}, env_file=None).turn_text_model_path("cuda") is None
+    with pytest.raises(ConfigError, match="VOICEPIPE_TURN_TEXT_THRESHOLD"):
+        load_settings({"VOICEPIPE_TURN_TEXT_THRESHOLD": "2"}, env_file=None)
     with pytest.raises(ConfigError, match="VOICEPIPE_MAX_SILENCE_MS"):
         load_settings({"VOICEPIPE_PAUSE_MS": "900", "VOICEPIPE_END_OF_TURN_MS": "1000",
                        "VOICEPIPE_MAX_SILENCE_MS": "800"}, env_file=None)

@@ -16,6 +16,7 @@ from tests.conftest import FIXTURES, word_error_rate
 from tests.fakes import (
     REPLY,
     FakeChat,
+    FakeTextTurnModel,
     FakeTranscriber,
     FakeTurnModel,
     make_session,
@@ -32,6 +33,7 @@ from voicepipe.config import Settings
 from voicepipe.conversation.judge import TurnJudge, unfinished_cue, words_unheard
 from voicepipe.engines.models import Models
 from voicepipe.engines.turn_model import MODEL_RATE, turn_features
+from voicepipe.engines.turn_text import LlamaTextTurn
 from voicepipe.simulate import CallerTurn, load_audio_8k, simulate_call, speech_bounds
 
 CUT_IN_SECONDS = 0.1  # agent audio over the caller's speech for longer than this is a cut-in (less is a fade)
@@ -90,6 +92,59 @@ async def test_words_whisper_was_unsure_of_do_not_end_a_turn(
 
     judgment = await TurnJudge(FakeTurnModel(0.96), "es", 0.5, min_logprob).judge(silence(1.0), heard())
     assert (judgment.done, judgment.cue, judgment.probability) == (done, cue, 0.96)
+
+
+@pytest.mark.parametrize(("text_probability", "done", "cue"), [(0.01, False, "reads unfinished"), (0.5, True, "")])
+async def test_words_that_read_unfinished_do_not_end_a_turn(text_probability: float, done: bool, cue: str) -> None:
+    async def heard() -> tuple[str, float]:
+        return "My name is.", -0.1  # sure of its words, and no rule knows "is" cannot end this one
+
+    text_model = FakeTextTurnModel(text_probability)
+    judge = TurnJudge(FakeTurnModel(0.97), "en", 0.5, -0.45, text_model, 0.03)
+    judgment = await judge.judge(silence(1.0), heard())
+    assert (judgment.done, judgment.cue, judgment.text_probability) == (done, cue, text_probability)
+    assert text_model.read == ["My name is."]
+
+
+async def test_the_text_turn_model_is_not_asked_when_the_words_already_say_open() -> None:
+    async def heard() -> tuple[str, float]:
+        return "I would like to book a table for", -0.1
+
+    text_model = FakeTextTurnModel(0.9)
+    judge = TurnJudge(FakeTurnModel(0.97), "en", 0.5, -0.45, text_model, 0.03)
+    judgment = await judge.judge(silence(1.0), heard())
+    assert (judgment.done, judgment.cue, judgment.text_probability, text_model.read) == (False, "open word", None, [])
+
+
+@pytest.fixture(scope="module")
+def text_turn_model(base_settings: Settings) -> LlamaTextTurn:
+    path = base_settings.turn_text_model_path("cuda")  # "auto" asks it on a GPU; here it runs on the CPU
+    assert path is not None
+    return LlamaTextTurn(path)
+
+
+# Whisper's words at pauses of the benchmark's utterances (fragments, some with the period whisper puts on them)
+# and complete turns; measured 0.000-0.017 and 0.108-0.859.
+@pytest.mark.models
+@pytest.mark.parametrize(("text", "unfinished"), [
+    ("I'd like to order a large.", True),
+    ("My name is", True),
+    ("Could you send me the details by?", True),
+    ("I'm looking for something that", True),
+    ("Quiero reservar una mesa para...", True),
+    ("Mi nombre es", True),
+    ("What is the capital of France?", False),
+    ("Can I pay with a credit card?", False),
+    ("My name is Peter Jones.", False),
+    ("Yes.", False),
+    ("Mi nombre es Carlos García.", False),
+    ("Las luces son muy hermosas.", False),
+])
+def test_the_text_turn_model_reads_whether_a_message_is_whole(
+    text_turn_model: LlamaTextTurn, text: str, unfinished: bool
+) -> None:
+    probability = text_turn_model.probability_done(text)
+    assert (probability < Settings.turn_text_threshold) == unfinished, probability
 
 
 def test_the_turn_model_hears_16_khz() -> None:
@@ -370,6 +425,16 @@ def test_a_corrupt_turn_model_names_the_file_and_the_command(unit_settings: Sett
     with pytest.raises(ModelFileError, match=r"end-of-turn model .*smart-turn.onnx.*download_models.py"):
         with loading(unit_settings, "end-of-turn model", broken):
             SmartTurn(broken)
+
+
+def test_a_corrupt_text_turn_model_names_the_file_and_the_command(unit_settings: Settings, tmp_path: Path) -> None:
+    from voicepipe.engines.models import ModelFileError, loading
+
+    broken = tmp_path / "smollm2.gguf"
+    broken.write_bytes(b"not a gguf model")
+    with pytest.raises(ModelFileError, match=r"end-of-turn text model .*smollm2.gguf.*download_models.py"), \
+            loading(unit_settings, "end-of-turn text model", broken):
+        LlamaTextTurn(broken)
 
 
 def test_speech_that_brought_no_new_words_means_whisper_dropped_them() -> None:

@@ -83,6 +83,7 @@ GOODBYES = {
     "es": ("adiós", "adios", "hasta luego", "chao", "chau", "hasta pronto", "eso es todo"),
 }
 DEFAULT_TURN_MODEL = "smart-turn-v3.2/smart-turn-v3.2-cpu.onnx"  # under the models dir; every language
+DEFAULT_TURN_TEXT_MODEL = "smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"  # a ChatML GGUF model
 DEFAULT_VOICEMAIL = {  # left on an answering machine by a conversation call (voicepipe call --detect-machine)
     "en": "Hello, this is an automated call. Please call us back when you can. Goodbye!",
     "es": "Hola, le llamamos de forma automática. Por favor, devuélvanos la llamada cuando pueda. ¡Adiós!",
@@ -158,6 +159,19 @@ class Settings:
     # 0: always trust the words.
     turn_min_logprob: float = -0.45
     unsure_words_ms: int = 1200
+    # Words no other cue keeps open are read by a small chat model (engines/turn_text.py): below this probability
+    # that the message ends there, they read unfinished and the turn ends at unsure_words_ms of silence too.
+    # Measured (SmolLM2-135M, whisper's words as heard at the pauses of scripts/bench.py's utterances and
+    # recordings, and 31 complete turns): fragments 0.000-0.020 ("I'd like to order a large" 0.000, "My name is"
+    # 0.008, "Mi nombre es" 0.017), the least likely complete turn 0.054 ("Can I change my reservation?").
+    # Fragments that read as whole sentences are its blind spot ("I want to cancel my subscription" 0.23).
+    # "auto": asked where the models run on a GPU (a few ms there), where the reply is ready so soon after a pause
+    # that only the decision keeps the agent from talking over a caller who goes on. On a CPU it would come on top
+    # of every end of turn (measured on one AVX2 core: 80 ms for "Yes.", 180 ms for a 7-token question, 460 ms
+    # for 25 tokens), while the reply, slower than most mid-sentence pauses, already waits for them (a turn
+    # commits only once its audio is ready).
+    turn_text_model: str = "auto"
+    turn_text_threshold: float = 0.03
     barge_in_ms: int = 80  # voiced caller speech over the agent that holds it (its words then decide)
     playback_lead_ms: int = 400  # how far ahead of Twilio's playback we send audio
     silence_reprompt_s: float = 10.0  # caller silent this long: "are you still there?"
@@ -199,6 +213,13 @@ class Settings:
     @property
     def turn_model_path(self) -> Path | None:
         return self.model_path(self.turn_model) if self.turn_model else None
+
+    def turn_text_model_path(self, device: str) -> Path | None:
+        """The end-of-turn text model for models on `device` ("auto": the default one on a GPU only)."""
+        name = self.turn_text_model
+        if name == "auto":
+            name = DEFAULT_TURN_TEXT_MODEL if device == "cuda" else ""
+        return self.model_path(name) if name else None
 
     @property
     def stt_model_path(self) -> Path:
@@ -369,6 +390,11 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
     turn_model = env.get("VOICEPIPE_TURN_MODEL", "").strip() or DEFAULT_TURN_MODEL
     if turn_model.lower() in ("off", "none", "0"):
         turn_model = ""
+    turn_text_model = env.get("VOICEPIPE_TURN_TEXT_MODEL", "").strip() or "auto"
+    if turn_text_model.lower() in ("off", "none", "0"):
+        turn_text_model = ""
+    elif turn_text_model.lower() in ("on", "1"):
+        turn_text_model = DEFAULT_TURN_TEXT_MODEL
     turn = TurnSettings(
         vad_aggressiveness=_int(env, "VOICEPIPE_VAD_AGGRESSIVENESS", TurnSettings.vad_aggressiveness, 0, 3),
         speech_start_ms=_int(env, "VOICEPIPE_SPEECH_START_MS", TurnSettings.speech_start_ms, 20, 1000),
@@ -421,6 +447,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         turn_recheck_ms=_int(env, "VOICEPIPE_TURN_RECHECK_MS", Settings.turn_recheck_ms, 0, 30_000),
         turn_min_logprob=_float(env, "VOICEPIPE_TURN_MIN_LOGPROB", Settings.turn_min_logprob, -100.0, 0.0),
         unsure_words_ms=_int(env, "VOICEPIPE_UNSURE_WORDS_MS", Settings.unsure_words_ms, 100, 30_000),
+        turn_text_model=turn_text_model,
+        turn_text_threshold=_float(env, "VOICEPIPE_TURN_TEXT_THRESHOLD", Settings.turn_text_threshold, 0.0, 1.0),
         barge_in_ms=_int(env, "VOICEPIPE_BARGE_IN_MS", Settings.barge_in_ms, 20, 5000),
         playback_lead_ms=_int(env, "VOICEPIPE_PLAYBACK_LEAD_MS", Settings.playback_lead_ms, 200, 10_000),
         silence_reprompt_s=_float(env, "VOICEPIPE_SILENCE_REPROMPT_S", Settings.silence_reprompt_s, 1.0, 3600.0),

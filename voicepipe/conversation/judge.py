@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voicepipe.engines.turn_model import TurnModel
+from voicepipe.engines.turn_text import TextTurnModel
 
 # Words that cannot end a finished thought (lower case, accents kept): always (a conjunction, an article, a
 # filler), or unless whisper heard a question or an exclamation ("Who is it for?", "¡Para!").
@@ -52,6 +53,8 @@ NUMBER_WORDS = {
 ONE_LETTER_WORDS = {"en": {"i", "a"}, "es": {"a", "y", "o", "e", "u"}}  # not letters being spelled out
 TOKEN = re.compile(r"[\w'’]+|[^\w\s]", re.UNICODE)
 UNSURE_WORDS = "words unsure"  # the cue of a transcript whisper was unsure of (the turn ends at a longer silence)
+READS_UNFINISHED = "reads unfinished"  # the text turn model's cue: the words read as a message cut short
+LONGER_SILENCE_CUES = {UNSURE_WORDS, READS_UNFINISHED}  # soft cues: the turn ends at unsure_words_ms of silence
 
 
 def unfinished_cue(text: str, language: str) -> str:
@@ -107,16 +110,21 @@ class Judgment:
     cue: str  # the words' reason to keep the turn open, or ""
     logprob: float  # whisper's average log-probability per token of the words (how sure it was of them)
     seconds: float  # from the question to the answer (the model beside the transcription)
+    text_probability: float | None = None  # the text turn model's P(the message ends here); None: not asked
 
 
 class TurnJudge:
     def __init__(self, model: TurnModel | None, language: str, threshold: float = 0.5,
-                 min_logprob: float = 0.0) -> None:
-        """`min_logprob`: words transcribed with a lower average log-probability per token are unsure (0: none)."""
+                 min_logprob: float = 0.0, text_model: TextTurnModel | None = None,
+                 text_threshold: float = 0.0) -> None:
+        """`min_logprob`: words transcribed with a lower average log-probability per token are unsure (0: none).
+        `text_model`: asked of words no other cue keeps open; below `text_threshold` they read unfinished."""
         self.model = model
         self.language = language
         self.threshold = threshold
         self.min_logprob = min_logprob
+        self.text_model = text_model
+        self.text_threshold = text_threshold
 
     async def judge(self, audio: np.ndarray, transcript: Awaitable[tuple[str, float]], earlier: str = "") -> Judgment:
         """Ask the audio model (in a worker thread) while the words are transcribed, then weigh both. `transcript`:
@@ -137,5 +145,10 @@ class TurnJudge:
         cue = unfinished_cue(text, self.language) or ("words unheard" if words_unheard(earlier, text) else "")
         if not cue and self.min_logprob < 0 and logprob < self.min_logprob:
             cue = UNSURE_WORDS
+        text_probability = None
+        if not cue and self.text_model is not None:
+            text_probability = await asyncio.to_thread(self.text_model.probability_done, text)
+            if text_probability < self.text_threshold:
+                cue = READS_UNFINISHED
         done = not cue and (probability is None or probability >= self.threshold)
-        return Judgment(done, probability, cue, logprob, time.perf_counter() - started)
+        return Judgment(done, probability, cue, logprob, time.perf_counter() - started, text_probability)

@@ -29,7 +29,7 @@ from voicepipe.config import Settings
 from voicepipe.conversation.context import ConversationContext
 from voicepipe.conversation.events import Observers, TurnTimings
 from voicepipe.conversation.floor import Floor
-from voicepipe.conversation.judge import UNSURE_WORDS, TurnJudge
+from voicepipe.conversation.judge import LONGER_SILENCE_CUES, TurnJudge
 from voicepipe.conversation.phrases import Phrases
 from voicepipe.conversation.policy import (
     CallerStarted,
@@ -68,6 +68,12 @@ def spoke_on(before: np.ndarray, now: np.ndarray) -> bool:
     return loudest > 0 and peak_frame_rms(now[len(before) :]) >= loudest * 10 ** (-SPOKE_ON_DB / 20)
 
 
+def turn_judge(settings: Settings, models: Models) -> TurnJudge:
+    """The judge of a call's pauses, from its settings and the loaded models (the benchmark asks it too)."""
+    return TurnJudge(models.turn_model, settings.language, settings.turn_threshold, settings.turn_min_logprob,
+                     models.turn_text_model, settings.turn_text_threshold)
+
+
 class CallSession:
     def __init__(self, settings: Settings, models: Models, phrases: Phrases, call_sid: str, stream_sid: str,
                  send: Send, observers: Observers | None = None, hang_up: HangUp | None = None,
@@ -83,8 +89,7 @@ class CallSession:
         silero = SileroStream(models.silero).feed if models.silero is not None else None
         # The judge hears the speculative transcript, so it needs speculation; without it a fixed silence decides.
         judged = bool(settings.turn_model) and models.turn_model is not None and settings.speculative
-        self.judge = TurnJudge(models.turn_model, settings.language, settings.turn_threshold,
-                               settings.turn_min_logprob) if judged else None
+        self.judge = turn_judge(settings, models) if judged else None
         turn = dataclasses.replace(settings.turn, end_of_turn_ms=settings.max_silence_ms) if judged else settings.turn
         self.turn_taking = TurnTaking(turn, settings.speculative, settings.barge_in_ms, silero, judged)
         self.silence = SilenceWatch(settings.silence_reprompt_s, settings.silence_hangup_s, settings.max_call_s,
@@ -235,13 +240,13 @@ class CallSession:
         timings = reply.timings
         timings.turn_probability, timings.turn_cue = judgment.probability, judgment.cue
         timings.turn_decision = time.perf_counter() - reply.speech_end_wall
-        log.debug("turn judged %s (P(done) %s, words: %s, log-prob %.2f) in %.0f ms", "done" if judgment.done
-                  else "open", judgment.probability, judgment.cue or "complete", judgment.logprob,
-                  judgment.seconds * 1000)
+        log.debug("turn judged %s (P(done) %s, words: %s, log-prob %.2f, text P(done) %s) in %.0f ms",
+                  "done" if judgment.done else "open", judgment.probability, judgment.cue or "complete",
+                  judgment.logprob, judgment.text_probability, judgment.seconds * 1000)
         if self._speculative is not reply:
             return
         done = judgment.done
-        if judgment.cue == UNSURE_WORDS:  # neither the words nor the model can be trusted: a longer silence decides
+        if judgment.cue in LONGER_SILENCE_CUES:  # the words may go on, the model cannot tell: a longer silence decides
             self.turn_taking.end_at_silence(pause.speech_end_ms, self.settings.unsure_words_ms)
         elif not done and not judgment.cue:  # the words could end here; the model is not sure
             self.turn_taking.end_at_silence(pause.speech_end_ms, self.settings.turn.end_of_turn_ms)

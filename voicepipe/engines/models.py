@@ -20,6 +20,7 @@ from voicepipe.engines.priority import FirstAudioGate
 from voicepipe.engines.stt import Transcriber, WhisperTranscriber
 from voicepipe.engines.tts import PiperSynthesizer, Synthesizer, synthesize
 from voicepipe.engines.turn_model import SmartTurn, TurnModel
+from voicepipe.engines.turn_text import LlamaTextTurn, TextTurnModel
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class Models:
     silero: Any = None  # onnxruntime session of Silero VAD, shared; each call keeps its own state
     device: str = "cpu"
     turn_model: TurnModel | None = None  # judges the end of a turn (None: a fixed silence does)
+    turn_text_model: TextTurnModel | None = None  # reads the words at a pause: could the message end there?
     tools_offered: bool = True  # the model is offered tools (VOICEPIPE_LLM_TOOLS; see offers_tools)
     priority: FirstAudioGate = field(default_factory=lambda: FirstAudioGate(enabled=False))
 
@@ -72,6 +74,9 @@ def check_model_files(settings: Settings) -> None:
     _require(settings, settings.tts_voice_path, "VOICEPIPE_TTS_VOICE", "Piper voice")
     if settings.turn_model_path is not None:
         _require(settings, settings.turn_model_path, "VOICEPIPE_TURN_MODEL", "end-of-turn model (or set it to off)")
+    if settings.turn_model_path is not None and settings.turn_text_model not in ("", "auto"):
+        _require(settings, settings.model_path(settings.turn_text_model), "VOICEPIPE_TURN_TEXT_MODEL",
+                 "end-of-turn text model (or set it to off)")
     _require(settings, Path(f"{settings.tts_voice_path}.json"), "VOICEPIPE_TTS_VOICE", "Piper voice config")
 
 
@@ -205,7 +210,16 @@ def load_models(settings: Settings, tools: Sequence[ToolSpec] = ()) -> Models:
         turn_model.probability_done(np.zeros(8000, dtype=np.int16))  # first run allocates
         seconds["turn"] = time.perf_counter() - started
 
+    turn_text_model = None
+    text_model_path = settings.turn_text_model_path(device)
+    if turn_model is not None and text_model_path is not None:  # it reads only what the judge hears
+        started = time.perf_counter()
+        with loading(settings, "end-of-turn text model", text_model_path):
+            turn_text_model = LlamaTextTurn(text_model_path, n_gpu_layers=-1 if device == "cuda" else 0)
+        turn_text_model.probability_done("Hello.")
+        seconds["turn_text"] = time.perf_counter() - started
+
     log.info("models loaded and warm on %s: %s", device, ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()))
     return Models(transcriber=transcriber, chat=chat, synthesizer=synthesizer, load_seconds=seconds, silero=silero,
-                  device=device, turn_model=turn_model, tools_offered=tools_offered,
+                  device=device, turn_model=turn_model, turn_text_model=turn_text_model, tools_offered=tools_offered,
                   priority=priority)
