@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from voicepipe.audio.turn import Paused, SpeechResumed, TurnDetector, TurnSettings
+from voicepipe.audio.turn import Paused, SpeechResumed, SpeechStarted, TurnDetector, TurnSettings
 from voicepipe.audio.vad import SileroStream
 from voicepipe.callers import espeak_speech, piper_speech, with_pauses, write_clip  # noqa: E402
 from voicepipe.cli import running_server  # noqa: E402
@@ -141,10 +141,10 @@ async def instant_commits(settings: Settings, models: Models, path: Path) -> lis
     """Each pause of a clip as the server's detector hears it: (the silence after which a machine whose models
     take no time would end the turn there, how long the caller actually paused, None after their last words).
     The server's rule (session._at_pause) with the real models, minus the time they take: the decision alone.
-    `models`: as a GPU box loads them (the text turn model too, by default)."""
-    assert models.turn_model is not None
-    judge = turn_judge(settings, models)
-    detector = TurnDetector(dataclasses.replace(settings.turn, end_of_turn_ms=settings.max_silence_ms),
+    `models`: as a GPU box loads them (the text turn model too, by default). No turn model: the fixed silence."""
+    judge = turn_judge(settings, models) if models.turn_model is not None else None
+    end_of_turn_ms = settings.max_silence_ms if models.turn_model is not None else settings.turn.end_of_turn_ms
+    detector = TurnDetector(dataclasses.replace(settings.turn, end_of_turn_ms=end_of_turn_ms),
                             SileroStream(models.silero).feed if models.silero is not None else None)
     samples = load_audio_8k(path)
     samples = np.concatenate([samples, np.zeros(8 * settings.max_silence_ms, dtype=np.int16)])
@@ -157,13 +157,17 @@ async def instant_commits(settings: Settings, models: Models, path: Path) -> lis
 
     for chunk_start in range(0, len(samples), 160):
         for event in detector.feed(samples[chunk_start : chunk_start + 160]):
-            if isinstance(event, SpeechResumed) and pauses:
-                pauses[-1] = (pauses[-1][0], event.at_ms - paused_at)
+            if isinstance(event, SpeechResumed | SpeechStarted) and pauses and pauses[-1][1] is None:
+                pauses[-1] = (pauses[-1][0], event.at_ms - paused_at)  # (a new utterance: the turn had ended)
             if not isinstance(event, Paused):
+                continue
+            paused_at = event.speech_end_ms
+            if judge is None or models.turn_model is None:
+                pauses.append((settings.turn.end_of_turn_ms, None))
                 continue
             words = await heard(event.audio)
             judgment = await judge.judge(event.audio, asyncio.sleep(0, words), earlier)
-            earlier, paused_at = words[0], event.speech_end_ms
+            earlier = words[0]
             if judgment.cue in LONGER_SILENCE_CUES:
                 after = settings.unsure_words_ms
             elif judgment.done:

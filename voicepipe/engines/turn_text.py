@@ -40,8 +40,8 @@ class LlamaTextTurn:
         from llama_cpp import Llama  # imported here: building the extension is optional for unit tests
 
         # logits_all: the logits of the prompt's last position are read directly (eval keeps them only then).
-        self.llm: Any = Llama(model_path=str(model_path), n_ctx=256, n_threads=1, n_threads_batch=1, logits_all=True,
-                         n_gpu_layers=n_gpu_layers, verbose=False)
+        self.llm: Any = Llama(model_path=str(model_path), n_ctx=256, n_threads=1, n_threads_batch=1,
+                              logits_all=True, n_gpu_layers=n_gpu_layers, verbose=False)
         self._prefix = self.llm.tokenize(b"<|im_start|>user\n", add_bos=False, special=True)
         self._endings = sorted({self.llm.tokenize(e.encode(), add_bos=False, special=True)[0] for e in ENDINGS})
         self._lock = threading.Lock()
