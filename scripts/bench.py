@@ -142,19 +142,15 @@ async def instant_commits(settings: Settings, models: Models, path: Path) -> lis
     take no time would end the turn there, how long the caller actually paused, None after their last words).
     The server's rule (session._at_pause) with the real models, minus the time they take: the decision alone.
     `models`: as a GPU box loads them (the text turn model too, by default). No turn model: the fixed silence."""
-    judge = turn_judge(settings, models) if models.turn_model is not None else None
-    end_of_turn_ms = settings.max_silence_ms if models.turn_model is not None else settings.turn.end_of_turn_ms
+    turn_model = models.turn_model
+    judge = turn_judge(settings, models) if turn_model is not None else None
+    end_of_turn_ms = settings.max_silence_ms if turn_model is not None else settings.turn.end_of_turn_ms
     detector = TurnDetector(dataclasses.replace(settings.turn, end_of_turn_ms=end_of_turn_ms),
                             SileroStream(models.silero).feed if models.silero is not None else None)
     samples = load_audio_8k(path)
     samples = np.concatenate([samples, np.zeros(8 * settings.max_silence_ms, dtype=np.int16)])
     pauses: list[tuple[int, int | None]] = []
     earlier, paused_at = "", 0
-
-    async def heard(audio: np.ndarray) -> tuple[str, float]:
-        transcript = models.transcriber.transcribe(audio)
-        return transcript.text, transcript.avg_logprob
-
     for chunk_start in range(0, len(samples), 160):
         for event in detector.feed(samples[chunk_start : chunk_start + 160]):
             if isinstance(event, SpeechResumed | SpeechStarted) and pauses and pauses[-1][1] is None:
@@ -162,12 +158,13 @@ async def instant_commits(settings: Settings, models: Models, path: Path) -> lis
             if not isinstance(event, Paused):
                 continue
             paused_at = event.speech_end_ms
-            if judge is None or models.turn_model is None:
+            if judge is None or turn_model is None:
                 pauses.append((settings.turn.end_of_turn_ms, None))
                 continue
-            words = await heard(event.audio)
+            transcript = models.transcriber.transcribe(event.audio)
+            words = transcript.text, transcript.avg_logprob
             judgment = await judge.judge(event.audio, asyncio.sleep(0, words), earlier)
-            earlier = words[0]
+            earlier = transcript.text
             if judgment.cue in LONGER_SILENCE_CUES:
                 after = settings.unsure_words_ms
             elif judgment.done:
@@ -177,7 +174,7 @@ async def instant_commits(settings: Settings, models: Models, path: Path) -> lis
             else:  # asked again once the silence is turn_recheck_ms long, else the fixed silence ends it
                 recheck = settings.turn_recheck_ms
                 end = (event.speech_end_ms + recheck) * 8
-                again = recheck > 0 and models.turn_model.probability_done(
+                again = recheck > 0 and turn_model.probability_done(
                     np.concatenate([event.audio, samples[chunk_start + 160 : end]])) >= settings.turn_threshold
                 after = recheck if again else settings.turn.end_of_turn_ms
             pauses.append((after, None))
