@@ -214,9 +214,11 @@ async def bench_turn_taking(settings: Settings, models: Models, directory: Path)
     print(f"\nmulti-clause utterances (turn model: {settings.turn_model or 'off'}, "
           f"max silence {settings.max_silence_ms} ms, fixed end of turn {settings.turn.end_of_turn_ms} ms)")
     print(f"{'clip':42s} {'done@pause':>10s} {'gap':>5s} {'talked over':>11s} {'over voice':>10s} {'turns':>5s}  "
-          "ends, P(done), cue, yield")
+          "ends, P(done), cue, (text P), yield")
     for name, complete, gap, talked, turns, voice in rows:
         ends = ", ".join(f"{t['end_of_turn'] or '?'} {t['turn_probability'] or 0:.2f} {t['turn_cue'] or '-'}"
+                         + (f" (text {t['turn_text_probability']:.3f})" if t.get("turn_text_probability") is not None
+                            else "")
                          + (f" {t['barge_in'] * 1000:.0f} ms" if t.get("barge_in") is not None else "")
                          + (f" (judged done {t['judged_early']}x too early)" if t.get("judged_early") else "")
                          for t in turns)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from voicepipe.engines.llm import ChatEvent, CutShort, Message, TextDelta, ToolS
 from voicepipe.engines.models import Models
 from voicepipe.engines.stt import Transcript
 from voicepipe.engines.turn_model import TurnModel
+from voicepipe.engines.turn_text import TextTurnModel
 
 REPLY = "First sentence is here. The second sentence has quite a few more words in it. Third one ends it."
 
@@ -129,10 +131,11 @@ def fake_models(transcriber: FakeTranscriber | None = None, chat: FakeChat | Non
 
 def make_session(settings: Settings, transcriber: FakeTranscriber, chat: FakeChat | None = None,
                  hang_ups: list[str] | None = None, turn_model: TurnModel | None = None,
-                 ) -> tuple[CallSession, Twilio, Turns]:
-    """A session on fakes; with `turn_model`, its end of turn is judged at pauses (else a fixed silence)."""
+                 text_model: TextTurnModel | None = None) -> tuple[CallSession, Twilio, Turns]:
+    """A session on fakes; with `turn_model`, its end of turn is judged at pauses (else a fixed silence), and with
+    `text_model` the words are read too."""
     models = Models(transcriber=transcriber, chat=chat or FakeChat(), synthesizer=FakeSynthesizer(),
-                    load_seconds={}, turn_model=turn_model)
+                    load_seconds={}, turn_model=turn_model, turn_text_model=text_model)
     phrases = Phrases("en", PHRASE_TEXT, {name: b"\xff" * 1600 for name in PHRASE_TEXT},
                       "(The caller pressed {digits} on the phone keypad.)")
     twilio, turns = Twilio(), Turns()
@@ -194,12 +197,15 @@ class FakeTurnModel:
 
 
 class FakeTextTurnModel:
-    """Says P(the message ends here) = `probability` for any words, and keeps the words it read."""
+    """Says P(the message ends here) = `probability` for any words, after `delay` seconds (a slow CPU), and keeps
+    the words it read."""
 
-    def __init__(self, probability: float) -> None:
+    def __init__(self, probability: float, delay: float = 0.0) -> None:
         self.probability = probability
+        self.delay = delay
         self.read: list[str] = []
 
     def probability_done(self, text: str) -> float:
         self.read.append(text)
+        time.sleep(self.delay)
         return self.probability

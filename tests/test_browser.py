@@ -77,6 +77,7 @@ async def test_a_call_from_the_browser_phone_shows_on_the_dashboard(
         stages = await page.locator("#timeline rect.stage").count()
         outcome = await row.locator("td").nth(3).inner_text()
         histogram_bars = await page.locator("#histogram rect").count()
+        counted = await page.locator("#events text").all_inner_texts()
         await page.screenshot(path=shots / "dashboard.png", full_page=True)
         await browser.close()
     assert not errors, errors
@@ -91,3 +92,5 @@ async def test_a_call_from_the_browser_phone_shows_on_the_dashboard(
         QUESTION, next(m["content"] for m in call.history if m["role"] == "user")) <= 0.2
     assert call.call_sid == call_sid and outcome == "caller_hung_up"
     assert stages >= 3 and histogram_bars == 30
+    assert counted[::2] == ["barge-ins", "false alarms resumed", "cut-ins", "pauses judged early", "LLM fallbacks"]
+    assert all(count.isdigit() for count in counted[1::2]), counted

@@ -147,6 +147,23 @@ def test_the_text_turn_model_reads_whether_a_message_is_whole(
     assert (probability < Settings.turn_text_threshold) == unfinished, probability
 
 
+@pytest.mark.models
+def test_the_text_turn_model_reads_the_same_whether_it_read_the_start_before_or_not(
+    text_turn_model: LlamaTextTurn
+) -> None:
+    # At each pause only the words added since the last one are evaluated: the probability must be the one read
+    # from scratch (measured equal to 3 decimals; the evaluation is split differently, so not bit for bit).
+    growing = ["I'd like to book a table", "I'd like to book a table for two people tonight",
+               "I'd like to book a table for two people tonight at eight."]
+    read_on = [text_turn_model.probability_done(text) for text in growing]
+    afresh = []
+    for text in growing:
+        text_turn_model.probability_done("Hola.")  # another utterance between: only the prompt's start is shared
+        afresh.append(text_turn_model.probability_done(text))
+    assert read_on == pytest.approx(afresh, abs=1e-3)
+    assert read_on[0] < Settings.turn_text_threshold < read_on[2]  # "...a table" reads unfinished, the rest not
+
+
 def test_the_turn_model_hears_16_khz() -> None:
     # A 1 kHz tone on the phone line must reach the model at 1 kHz: 8 kHz samples taken for 16 kHz ones (the
     # known pitfall) would put it at 2 kHz.
@@ -242,21 +259,29 @@ async def test_a_turn_the_model_was_unsure_of_ends_when_more_silence_makes_it_su
     await session.close()
 
 
-@pytest.mark.parametrize(("text", "logprob", "probability", "cue", "silence_ms", "ended_by"), [
-    ("And so my fellow and", -0.1, 0.9, "open word", 2000, "max_silence"),  # sounds done, but the words are not
-    ("And so my fellow Americans.", -0.1, 0.2, "", 550, "silence"),  # the words could end; it does not sound so
+@pytest.mark.parametrize(("text", "logprob", "probability", "text_probability", "cue", "silence_ms", "ended_by"), [
+    # sounds done, but the words are not
+    ("And so my fellow and", -0.1, 0.9, None, "open word", 2000, "max_silence"),
+    ("And so my fellow Americans.", -0.1, 0.2, None, "", 550, "silence"),  # the words could end; it does not sound so
     # "Llamo por la factura del" as whisper-base heard it, unsure, and as Smart Turn judged it: the words cannot
     # be trusted, and neither can the model, so only a silence longer than a mid-sentence pause ends the turn.
-    ("y vamos por la factura mail", -0.58, 0.96, "words unsure", 1200, "silence"),
+    ("y vamos por la factura mail", -0.58, 0.96, None, "words unsure", 1200, "silence"),
+    # No rule knows these words are unfinished, the text model does: read beside the reply, it keeps the turn
+    # open for the unsure-words silence, whether the caller sounded done or not (then after the 550 ms one).
+    ("My name is.", -0.1, 0.9, 0.01, "reads unfinished", 1200, "silence"),
+    ("My name is.", -0.1, 0.2, 0.01, "reads unfinished", 1200, "silence"),
 ])
 async def test_a_turn_judged_open_waits_for_a_longer_silence(
-    unit_settings: Settings, jfk_clause: np.ndarray, text: str, logprob: float, probability: float, cue: str,
-    silence_ms: int, ended_by: str
+    unit_settings: Settings, jfk_clause: np.ndarray, text: str, logprob: float, probability: float,
+    text_probability: float | None, cue: str, silence_ms: int, ended_by: str
 ) -> None:
     model = FakeTurnModel(probability)
-    session, twilio, turns = make_session(unit_settings, FakeTranscriber(text, logprob=logprob), turn_model=model)
+    text_model = FakeTextTurnModel(text_probability) if text_probability is not None else None
+    session, twilio, turns = make_session(unit_settings, FakeTranscriber(text, logprob=logprob), turn_model=model,
+                                          text_model=text_model)
     await speak(session, np.concatenate([jfk_clause, silence(0.3)]))
-    await until(lambda: session.judgments)
+    await until(lambda: session.judgments and session._speculative is not None
+                and session._speculative.timings.turn_cue == cue)
     assert not twilio.events("media") and not session.agent_speaking  # judged open: still listening
     silent_ms = session.turn_taking.clock_ms - session.turn_taking.detector.last_voiced_ms
     await speak(session, silence((silence_ms - silent_ms - 40) / 1000))
@@ -266,6 +291,26 @@ async def test_a_turn_judged_open_waits_for_a_longer_silence(
     await play_reply(session, twilio)
     (timings,) = turns.finished
     assert timings.end_of_turn == ended_by and timings.turn_probability == probability and timings.turn_cue == cue
+    assert timings.turn_text_probability == text_probability
+    await session.close()
+
+
+async def test_a_turn_judged_done_ends_only_once_its_words_read_finished(
+    unit_settings: Settings, jfk_clause: np.ndarray
+) -> None:
+    # The text model is slower than the reply here (a CPU): the reply's audio waits for its reading, then plays.
+    text_model = FakeTextTurnModel(0.5, delay=0.3)
+    session, twilio, turns = make_session(unit_settings, FakeTranscriber("And so my fellow Americans."),
+                                          turn_model=FakeTurnModel(0.9), text_model=text_model)
+    await speak(session, np.concatenate([jfk_clause, silence(0.3)]))
+    await until(lambda: text_model.read)
+    assert session.floor.reply is None and not twilio.events("media")  # still reading
+    await until(lambda: session.floor.reply is not None)
+    await play_reply(session, twilio)
+    (timings,) = turns.finished
+    assert timings.end_of_turn == "judged" and timings.turn_text_probability == 0.5 and not timings.turn_cue
+    assert timings.vad_wait == timings.turn_decision and timings.turn_decision >= 0.3  # the reading decided it
+    assert text_model.read == ["And so my fellow Americans."]
     await session.close()
 
 

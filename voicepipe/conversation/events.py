@@ -28,6 +28,7 @@ class TurnTimings:
     end_of_turn: str = ""
     turn_probability: float | None = None  # the turn model's P(done) at the last pause
     turn_cue: str = ""  # why the words kept the turn open at the last pause (a category, no words)
+    turn_text_probability: float | None = None  # the text turn model's P(the message ends) at the last pause
     turn_decision: float | None = None  # the pause -> the judgment (the turn model beside the transcription)
     # Pauses of this turn judged its end that the caller then spoke on from. No cut-in here (the reply's audio
     # was not ready yet, so it never played), but on a machine fast enough to have it ready, each would be one.

@@ -239,6 +239,7 @@ class CallSession:
         self.judgments += 1
         timings = reply.timings
         timings.turn_probability, timings.turn_cue = judgment.probability, judgment.cue
+        timings.turn_text_probability = judgment.text_probability
         timings.turn_decision = time.perf_counter() - reply.speech_end_wall
         log.debug("turn judged %s (P(done) %s, words: %s, log-prob %.2f, text P(done) %s) in %.0f ms",
                   "done" if judgment.done else "open", judgment.probability, judgment.cue or "complete",

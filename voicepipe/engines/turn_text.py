@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +28,14 @@ def as_spoken(text: str) -> str:
     return " ".join(PUNCTUATION.sub(" ", text.lower()).split())
 
 
+def common_prefix_length(cached: Sequence[int], tokens: Sequence[int]) -> int:
+    """How many tokens the two sequences share from the start."""
+    for index, (a, b) in enumerate(zip(cached, tokens)):
+        if a != b:
+            return index
+    return min(len(cached), len(tokens))
+
+
 class TextTurnModel(Protocol):
     def probability_done(self, text: str) -> float:
         """P(a user's message ends after these words)."""
@@ -37,11 +46,14 @@ class LlamaTextTurn:
     """A ChatML GGUF model loaded once with llama.cpp on one thread; calls take turns (one context)."""
 
     def __init__(self, model_path: Path, n_gpu_layers: int = 0) -> None:
-        from llama_cpp import Llama  # imported here: building the extension is optional for unit tests
+        import llama_cpp  # imported here: building the extension is optional for unit tests
 
-        # logits_all: the logits of the prompt's last position are read directly (eval keeps them only then).
-        self.llm: Any = Llama(model_path=str(model_path), n_ctx=256, n_threads=1, n_threads_batch=1,
-                              logits_all=True, n_gpu_layers=n_gpu_layers, verbose=False)
+        # Only the last position's logits are read, from llama.cpp itself (logits_all, which keeps every
+        # position's in Python, measured 1.5x slower: 49 against 31 ms for "Yes.", 317 against 206 for 33 tokens).
+        self.llm: Any = llama_cpp.Llama(model_path=str(model_path), n_ctx=256, n_threads=1, n_threads_batch=1,
+                                        n_gpu_layers=n_gpu_layers, verbose=False)
+        self._vocabulary = self.llm.n_vocab()
+        self._logits_of = llama_cpp.llama_get_logits_ith
         self._prefix = self.llm.tokenize(b"<|im_start|>user\n", add_bos=False, special=True)
         self._endings = sorted({self.llm.tokenize(e.encode(), add_bos=False, special=True)[0] for e in ENDINGS})
         self._lock = threading.Lock()
@@ -52,8 +64,12 @@ class LlamaTextTurn:
         room = self.llm.n_ctx() - len(self._prefix) - 1  # a long utterance: its last words decide
         tokens = self._prefix + words[-room:]
         with self._lock:
-            self.llm.reset()
-            self.llm.eval(tokens)
-            logits = np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
+            # The words at a pause mostly extend those at the pause before: only the new ones are evaluated
+            # (the last one always, for its logits).
+            kept = min(common_prefix_length(self.llm.input_ids[: self.llm.n_tokens], tokens), len(tokens) - 1)
+            self.llm.n_tokens = kept
+            self.llm.eval(tokens[kept:])
+            last = self._logits_of(self.llm.ctx, -1)
+            logits = np.ctypeslib.as_array(last, shape=(self._vocabulary,)).astype(np.float64)
         probabilities = np.exp(logits - logits.max())
         return float(probabilities[self._endings].sum() / probabilities.sum())

@@ -84,6 +84,8 @@ function events(turns, health) {
   const counts = [["barge-ins", turns.filter((t) => t.interrupted).length],
                   ["false alarms resumed", turns.reduce((a, t) => a + (t.false_alarms || 0), 0)],
                   ["cut-ins", turns.filter((t) => t.cut_in).length],
+                  // each a cut-in on a machine fast enough to have had the reply ready (the caller went on)
+                  ["pauses judged early", turns.reduce((a, t) => a + (t.judged_early || 0), 0)],
                   ["LLM fallbacks", fallbacks]];
   const top = Math.max(1, ...counts.map(([, n]) => n));
   counts.forEach(([label, count], index) => {
