@@ -77,7 +77,7 @@ async def test_a_call_from_the_browser_phone_shows_on_the_dashboard(
         stages = await page.locator("#timeline rect.stage").count()
         outcome = await row.locator("td").nth(3).inner_text()
         histogram_bars = await page.locator("#histogram rect").count()
-        counted = await page.locator("#events text").all_inner_texts()
+        counted = await page.locator("#events text").all_text_contents()
         await page.screenshot(path=shots / "dashboard.png", full_page=True)
         await browser.close()
     assert not errors, errors
