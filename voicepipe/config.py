@@ -163,7 +163,9 @@ class Settings:
     # that the message ends there, they read unfinished and the turn ends at unsure_words_ms of silence too.
     # Measured (SmolLM2-135M, whisper's words as heard at the pauses of scripts/bench.py's utterances and
     # recordings, and 31 complete turns): fragments 0.000-0.020 ("I'd like to order a large" 0.000, "My name is"
-    # 0.008, "Mi nombre es" 0.017), the least likely complete turn 0.054 ("Can I change my reservation?").
+    # 0.008, "Mi nombre es" 0.017), the least likely complete turn 0.054 ("Can I change my reservation?"). But
+    # short questions that could go on read as low: "Is this a good time to talk?" 0.025, "Is this a good
+    # time?" 0.017 (they then wait unsure_words_ms): no threshold separates all of them from the fragments.
     # Fragments that read as whole sentences are its blind spot ("I want to cancel my subscription" 0.23).
     # "auto": asked where the models run on a GPU (a few ms there), where the reply is ready so soon after a pause
     # that only the decision keeps the agent from talking over a caller who goes on. On a CPU it comes on top of
