@@ -266,8 +266,8 @@ async def test_a_turn_the_model_was_unsure_of_ends_when_more_silence_makes_it_su
     # "Llamo por la factura del" as whisper-base heard it, unsure, and as Smart Turn judged it: the words cannot
     # be trusted, and neither can the model, so only a silence longer than a mid-sentence pause ends the turn.
     ("y vamos por la factura mail", -0.58, 0.96, None, "words unsure", 1200, "silence"),
-    # No rule knows these words are unfinished, the text model does: read beside the reply, it keeps the turn
-    # open for the unsure-words silence, whether the caller sounded done or not (then after the 550 ms one).
+    # No rule knows these words are unfinished, the text model does: it keeps the turn open for the unsure-words
+    # silence, whether the caller sounded done or not (not the 550 ms one).
     ("My name is.", -0.1, 0.9, 0.01, "reads unfinished", 1200, "silence"),
     ("My name is.", -0.1, 0.2, 0.01, "reads unfinished", 1200, "silence"),
 ])

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,14 +25,6 @@ PUNCTUATION = re.compile(r"[^\w\s'’]+", re.UNICODE)
 def as_spoken(text: str) -> str:
     """The words as said, not as whisper wrote them: no case, no punctuation (its period vouches for nothing)."""
     return " ".join(PUNCTUATION.sub(" ", text.lower()).split())
-
-
-def common_prefix_length(cached: Sequence[int], tokens: Sequence[int]) -> int:
-    """How many tokens the two sequences share from the start."""
-    for index, (a, b) in enumerate(zip(cached, tokens)):
-        if a != b:
-            return index
-    return min(len(cached), len(tokens))
 
 
 class TextTurnModel(Protocol):
@@ -66,7 +57,8 @@ class LlamaTextTurn:
         with self._lock:
             # The words at a pause mostly extend those at the pause before: only the new ones are evaluated
             # (the last one always, for its logits).
-            kept = min(common_prefix_length(self.llm.input_ids[: self.llm.n_tokens], tokens), len(tokens) - 1)
+            cached = self.llm.input_ids[: self.llm.n_tokens]
+            kept = min(self.llm.longest_token_prefix(cached, tokens), len(tokens) - 1)
             self.llm.n_tokens = kept
             self.llm.eval(tokens[kept:])
             last = self._logits_of(self.llm.ctx, -1)
