@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from voicepipe.audio.turn import Paused, SpeechResumed, SpeechStarted, TurnDetector, TurnSettings
+from voicepipe.audio.turn import Paused, Quieted, SpeechResumed, SpeechStarted, TurnDetector, TurnSettings
 from voicepipe.audio.vad import SileroStream
 from voicepipe.callers import espeak_speech, piper_speech, with_pauses, write_clip  # noqa: E402
 from voicepipe.cli import running_server  # noqa: E402
@@ -151,17 +151,21 @@ async def instant_commits(settings: Settings, models: Models, path: Path) -> lis
     samples = np.concatenate([samples, np.zeros(8 * settings.max_silence_ms, dtype=np.int16)])
     pauses: list[tuple[int, int | None]] = []
     earlier, paused_at = "", 0
+    quiet: Quieted | None = None  # where whisper began, ahead of the pause
     for chunk_start in range(0, len(samples), 160):
         for event in detector.feed(samples[chunk_start : chunk_start + 160]):
             if isinstance(event, SpeechResumed | SpeechStarted) and pauses and pauses[-1][1] is None:
                 pauses[-1] = (pauses[-1][0], event.at_ms - paused_at)  # (a new utterance: the turn had ended)
+            if isinstance(event, Quieted):
+                quiet = event
             if not isinstance(event, Paused):
                 continue
             paused_at = event.speech_end_ms
             if judge is None or turn_model is None:
                 pauses.append((settings.turn.end_of_turn_ms, None))
                 continue
-            transcript = models.transcriber.transcribe(event.audio)
+            early = quiet is not None and quiet.speech_end_ms == event.speech_end_ms  # the same words, as the server
+            transcript = models.transcriber.transcribe(quiet.audio if quiet is not None and early else event.audio)
             words = transcript.text, transcript.avg_logprob
             judgment = await judge.judge(event.audio, asyncio.sleep(0, words), earlier)
             earlier = transcript.text
@@ -283,6 +287,7 @@ async def run_calls(base: str, calls: int, turns: int, audio: list[Path], settin
         "unanswered": sum(t.voice_to_voice is None for t in turns_done) + turns * (calls - len(done)),
         "underruns": sum(t.underruns for t in turns_done),
         "stages": {s: [t[s] for t in stats if t.get(s) is not None] for s in STAGES},
+        "stt_runs": [t.get("stt_runs", 0) for t in stats if t.get("stt") is not None],
     }
 
 
@@ -316,11 +321,12 @@ async def bench(args: argparse.Namespace) -> None:
     device = models.device if models is not None else "server's"
     print(f"\nvoice-to-voice (caller's view, ms) and per-stage p50 (server's view, ms); models on {device}")
     header = f"{'mode':22s} {'calls':>5s} {'p50':>6s} {'p95':>6s} {'n':>4s} {'miss':>4s} {'underruns':>9s}"
-    print(header + "".join(f" {s[:12]:>12s}" for s in STAGES))
+    print(header + "".join(f" {s[:12]:>12s}" for s in STAGES) + "  stt runs/turn")
     for mode, calls, r in rows:
         line = (f"{mode:22s} {calls:5d} {ms(r['latency'], 50)} {ms(r['latency'], 95)} {len(r['latency']):4d} "
                 f"{r['unanswered']:4d} {r['underruns']:9d}")
-        print(line + "".join(f" {ms(r['stages'][s], 50):>12s}" for s in STAGES))
+        runs = f"{np.mean(r['stt_runs']):14.2f}" if r["stt_runs"] else f"{'n/a':>14s}"
+        print(line + "".join(f" {ms(r['stages'][s], 50):>12s}" for s in STAGES) + runs)
 
 
 async def bench_barge_in(settings: Settings, models: Models, trials: int, directory: Path) -> None:

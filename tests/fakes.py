@@ -24,8 +24,9 @@ REPLY = "First sentence is here. The second sentence has quite a few more words 
 
 
 class FakeTranscriber:
-    def __init__(self, *texts: str, fail: bool = False, logprob: float = -0.1) -> None:
+    def __init__(self, *texts: str, fail: bool = False, logprob: float = -0.1, busy: bool = False) -> None:
         self.texts = list(texts)
+        self.busy = busy  # another call's transcription runs (it is instant itself)
         self.heard: list[int] = []  # samples of each utterance it was given
         self.fail = fail
         self.logprob = logprob  # how sure of its words it is (average log-probability per token)

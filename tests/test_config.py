@@ -51,6 +51,7 @@ def test_missing_spanish_models_name_the_download_command(tmp_path: Path) -> Non
         ({"VOICEPIPE_TRANSCRIPTS": "maybe"}, "VOICEPIPE_TRANSCRIPTS"),
         ({"VOICEPIPE_VAD_AGGRESSIVENESS": "4"}, "VOICEPIPE_VAD_AGGRESSIVENESS"),
         ({"VOICEPIPE_PAUSE_MS": "900", "VOICEPIPE_END_OF_TURN_MS": "500"}, "VOICEPIPE_PAUSE_MS"),
+        ({"VOICEPIPE_TRANSCRIBE_MS": "80"}, "VOICEPIPE_TRANSCRIBE_MS"),  # not before the pause (80 ms)
         ({"VOICEPIPE_LLM_TEMPERATURE": "hot"}, "VOICEPIPE_LLM_TEMPERATURE"),
         ({"VOICEPIPE_LOG_LEVEL": "LOUD"}, "VOICEPIPE_LOG_LEVEL"),
     ],

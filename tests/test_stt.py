@@ -10,7 +10,7 @@ from voicepipe.audio.codec import pcm16_to_ulaw, ulaw_to_pcm16
 from voicepipe.audio.resample import resample
 from voicepipe.callers import piper_speech
 from voicepipe.engines.models import Models
-from voicepipe.engines.stt import WhisperTranscriber, looks_looped
+from voicepipe.engines.stt import Transcript, WhisperTranscriber, looks_looped
 
 
 def phone_line(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -56,6 +56,28 @@ def test_short_phrases_at_any_place_in_the_window(models: Models) -> None:
     # At most one word in the 50 clips worse than the full window, and never far from perfect.
     assert np.sum(short_errors) <= np.sum(full_errors) + 0.25, (np.mean(short_errors), np.mean(full_errors))
     assert np.mean(short_errors) <= 0.05
+
+
+@pytest.mark.models
+def test_whisper_says_when_it_is_busy(models: Models, jfk_8k: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A call starts whisper ahead of a pause only when it is idle: another transcription would queue behind it.
+    transcriber = models.transcriber
+    assert isinstance(transcriber, WhisperTranscriber)
+    decode = transcriber._transcribe
+    seen: list[bool] = []
+
+    def watched(audio: np.ndarray) -> Transcript:
+        seen.append(transcriber.busy)
+        if len(seen) == 2:
+            raise RuntimeError("injected decode fault")
+        return decode(audio)
+
+    monkeypatch.setattr(transcriber, "_transcribe", watched)
+    assert not transcriber.busy
+    assert transcriber.transcribe(jfk_8k[: 3 * 8000]).is_speech
+    with pytest.raises(RuntimeError):
+        transcriber.transcribe(jfk_8k[: 3 * 8000])
+    assert seen == [True, True] and not transcriber.busy  # busy while decoding, idle after (a failure too)
 
 
 @pytest.mark.models

@@ -7,6 +7,7 @@ from tests.conftest import FIXTURES
 from voicepipe.audio.turn import (
     FRAME_SAMPLES,
     Paused,
+    Quieted,
     SpeechResumed,
     SpeechStarted,
     TurnDetector,
@@ -39,6 +40,22 @@ def test_jfk_is_one_turn_with_a_long_end_of_turn(jfk_8k: np.ndarray) -> None:
     # The turn holds all the speech (from the pre-roll to the end-of-turn silence).
     assert len(ended[0].audio) >= len(jfk_8k) - RATE
     assert 10_000 <= ended[0].speech_end_ms <= 11_000
+
+
+def test_every_pause_is_heralded_by_a_quiet_moment_on_the_same_words(jfk_8k: np.ndarray) -> None:
+    audio = np.concatenate([jfk_8k, silence(2.0)])
+    events = feed_all(TurnDetector(TurnSettings(end_of_turn_ms=1500)), audio)
+    quiet = {e.speech_end_ms: e.audio for e in events if isinstance(e, Quieted)}
+    pauses = [e for e in events if isinstance(e, Paused)]
+    settings = TurnSettings()
+    for pause in pauses:  # the words up to transcribe_ms into the silence: what the pause has, minus its end
+        early = quiet[pause.speech_end_ms]
+        assert len(pause.audio) - len(early) == (settings.pause_ms - settings.transcribe_ms) * RATE // 1000
+        assert np.array_equal(pause.audio[: len(early)], early)
+    assert len(quiet) > len(pauses)  # and some quiet moments were gaps between words, spoken on from
+    without = feed_all(TurnDetector(TurnSettings(end_of_turn_ms=1500, transcribe_ms=0)), audio)
+    assert [e for e in without if isinstance(e, Quieted)] == []
+    assert [type(e) for e in without] == [type(e) for e in events if not isinstance(e, Quieted)]
 
 
 def test_short_end_of_turn_splits_at_the_pauses(jfk_8k: np.ndarray) -> None:

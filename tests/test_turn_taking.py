@@ -198,6 +198,34 @@ async def test_a_caller_who_sounds_done_is_answered_at_the_first_pause(
     await session.close()
 
 
+@pytest.mark.parametrize(("transcribe_ms", "busy"), [(40, False), (0, False), (40, True)])
+async def test_whisper_starts_before_the_pause_and_the_reply_takes_its_words(
+    unit_settings: Settings, jfk_clause: np.ndarray, transcribe_ms: int, busy: bool
+) -> None:
+    """`busy`: whisper is transcribing for another call all along, so nothing starts early (it would queue)."""
+    settings = dataclasses.replace(unit_settings, turn=dataclasses.replace(unit_settings.turn,
+                                                                           transcribe_ms=transcribe_ms))
+    early = transcribe_ms > 0 and not busy
+    # A 60 ms gap mid-clause, as between two words: whisper starts there, and the caller goes on.
+    middle = 8000
+    speech = np.concatenate([jfk_clause[:middle], silence(0.06), jfk_clause[middle:], silence(0.3)])
+    transcriber = FakeTranscriber(*["And so my"] * early, "And so my fellow Americans.", busy=busy)
+    session, twilio, turns = make_session(settings, transcriber, turn_model=FakeTurnModel(0.9))
+    await speak(session, speech[: middle * 3 // 2])
+    await settle()  # the gap's transcription is done, as it would be by the next words in a real call
+    await speak(session, speech[middle * 3 // 2 :])
+    await until(lambda: session.floor.reply is not None)
+    reply = session.floor.reply
+    assert reply is not None and reply.audio is not None
+    # The reply's words are the last transcription: begun transcribe_ms into the silence, none again at the pause.
+    assert transcriber.heard[-1] == len(reply.audio) - (settings.turn.pause_ms - transcribe_ms) * 8 * early
+    await play_reply(session, twilio)
+    assert session.history[-2] == {"role": "user", "content": "And so my fellow Americans."}  # not the gap's words
+    (timings,) = turns.finished
+    assert timings.stt_runs == len(transcriber.heard) >= 1 + early  # the gap's run counts too
+    await session.close()
+
+
 async def test_a_caller_who_goes_on_before_the_reply_is_ready_is_not_talked_over(
     unit_settings: Settings, jfk_clause: np.ndarray
 ) -> None:

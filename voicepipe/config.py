@@ -389,6 +389,10 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         raise ConfigError(
             f"VOICEPIPE_PAUSE_MS={pause_ms} must not exceed VOICEPIPE_END_OF_TURN_MS={end_of_turn_ms}"
         )
+    transcribe_ms = _int(env, "VOICEPIPE_TRANSCRIBE_MS", TurnSettings.transcribe_ms, 0, 5000)
+    if transcribe_ms >= pause_ms:
+        raise ConfigError(f"VOICEPIPE_TRANSCRIBE_MS={transcribe_ms} must be shorter than VOICEPIPE_PAUSE_MS={pause_ms}"
+                          " (0: whisper starts at the pause)")
     max_silence_ms = _int(env, "VOICEPIPE_MAX_SILENCE_MS", Settings.max_silence_ms, 100, 30_000)
     if pause_ms > max_silence_ms:
         raise ConfigError(f"VOICEPIPE_PAUSE_MS={pause_ms} must not exceed VOICEPIPE_MAX_SILENCE_MS={max_silence_ms}")
@@ -404,6 +408,7 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: Path | Non
         vad_aggressiveness=_int(env, "VOICEPIPE_VAD_AGGRESSIVENESS", TurnSettings.vad_aggressiveness, 0, 3),
         speech_start_ms=_int(env, "VOICEPIPE_SPEECH_START_MS", TurnSettings.speech_start_ms, 20, 1000),
         pause_ms=pause_ms,
+        transcribe_ms=transcribe_ms,
         end_of_turn_ms=end_of_turn_ms,
         min_utterance_ms=_int(env, "VOICEPIPE_MIN_UTTERANCE_MS", TurnSettings.min_utterance_ms, 0, 5000),
         min_level_dbfs=_float(env, "VOICEPIPE_MIN_LEVEL_DBFS", TurnSettings.min_level_dbfs, -96.0, 0.0),

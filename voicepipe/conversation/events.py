@@ -34,6 +34,9 @@ class TurnTimings:
     # was not ready yet, so it never played), but on a machine fast enough to have it ready, each would be one.
     judged_early: int = 0
     stt: float | None = None
+    # Whisper runs for this turn: one at each pause, and one at each gap between words that it began early
+    # (VOICEPIPE_TRANSCRIBE_MS) and the caller spoke on from (CPU spent for nothing).
+    stt_runs: int = 0
     llm_first_token: float | None = None  # from the LLM request
     llm_first_sentence: float | None = None  # from the LLM request
     tts_first_audio: float | None = None  # synthesis of the first sentence

@@ -15,6 +15,7 @@ import numpy as np
 
 from voicepipe.audio.turn import (
     Paused,
+    Quieted,
     ShortPause,
     SpeechDropped,
     SpeechResumed,
@@ -28,6 +29,14 @@ from voicepipe.audio.turn import (
 @dataclass(frozen=True)
 class CallerStarted:
     onset_ms: int
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    """A silence too short yet for a pause: whisper may start on the words so far (Speculate takes them up)."""
+
+    audio: np.ndarray
+    speech_end_ms: int
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,7 @@ class FalseStart:
     speech_end_ms: int
 
 
-Decision = CallerStarted | Speculate | DropSpeculation | CommitTurn | FalseStart
+Decision = CallerStarted | Transcribe | Speculate | DropSpeculation | CommitTurn | FalseStart
 
 
 class TurnTaking:
@@ -98,6 +107,9 @@ class TurnTaking:
             if isinstance(event, SpeechStarted):
                 self._yielded = False
                 decisions.append(CallerStarted(event.at_ms))
+            elif isinstance(event, Quieted):
+                if self.speculative:
+                    decisions.append(Transcribe(event.audio, event.speech_end_ms))
             elif isinstance(event, Paused):
                 if self.speculative:
                     decisions += [DropSpeculation(), Speculate(event.audio, event.speech_end_ms)]

@@ -173,13 +173,21 @@ class Responder:
         if entry is not None and not self.context.revise(entry, self.speaker.heard(reply.sentences)):
             reply.assistant_entry = None
 
+    def start_transcription(self, audio: np.ndarray) -> asyncio.Future[Transcript]:
+        """Whisper on `audio` in a worker thread. It runs to its end, needed or not (a running decode cannot be
+        stopped); a failure is reported by whoever awaits it, and an unawaited one is dropped quietly."""
+        future = asyncio.get_running_loop().run_in_executor(None, self.transcriber.transcribe, audio)
+        future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        return future
+
     async def transcribe(self, reply: Reply) -> bool:
         """Fill in what the caller said; False when the utterance held no speech."""
         assert reply.audio is not None
         with self.observers.watch("stt"):
+            if reply.stt is None:  # else begun before the pause, on the same words (Transcribe)
+                reply.stt = self.start_transcription(reply.audio)
             # Shielded: a speculation dropped because the caller went on still learns its words (the next
             # pause's judgment compares them).
-            reply.stt = asyncio.get_running_loop().run_in_executor(None, self.transcriber.transcribe, reply.audio)
             transcript = await asyncio.shield(reply.stt)
         reply.timings.stt = transcript.seconds
         if not transcript.is_speech:

@@ -4,7 +4,8 @@ The session orchestrates; the parts decide. The turn-taking policy says when the
 talks over the agent; a Responder turns an utterance into a reply; the Speaker plays it and knows what was
 heard; the ConversationContext keeps the history as the caller heard it; Phrases hold the fixed lines.
 
-Replies start speculatively at a short pause and play only once the turn ends. When the caller starts to talk
+Replies start speculatively at a short pause and play only once the turn ends (whisper may start sooner still, a
+moment into the silence, and the pause takes its words if the caller stayed quiet). When the caller starts to talk
 over the agent, it holds at once (Twilio's buffer cleared, what was not heard kept); the caller's first words
 decide: an interruption, and the reply stops there, the history keeping what was heard; or a false alarm (a
 cough, "mm-hmm", the agent's own echo), and the reply resumes where the caller stopped hearing it.
@@ -38,6 +39,7 @@ from voicepipe.conversation.policy import (
     FalseStart,
     SilenceWatch,
     Speculate,
+    Transcribe,
     TurnTaking,
 )
 from voicepipe.conversation.reply import Reply, Responder
@@ -45,6 +47,7 @@ from voicepipe.conversation.speaker import Speaker
 from voicepipe.conversation.tools import Action, Toolbox
 from voicepipe.engines.llm import Message
 from voicepipe.engines.models import Models
+from voicepipe.engines.stt import Transcript
 from voicepipe.telephony.playback import PacedSender, Send
 
 log = logging.getLogger(__name__)
@@ -106,6 +109,9 @@ class CallSession:
         self.judgments = 0  # pauses judged so far
         self._judged_early = 0  # pauses of the turn under way judged its end, that the caller spoke on from
         self._last_pause: tuple[Speculate, Reply] | None = None  # the previous pause and the reply begun there
+        # Whisper begun at a silence too short for a pause, on the words up to the given audio time.
+        self._early_words: tuple[int, asyncio.Future[Transcript]] | None = None
+        self._stt_runs = 0  # whisper runs for the turn under way, those begun in gaps it went on from included
         self._tasks: set[asyncio.Task[Any]] = set()
         self._turns = 0  # committed turns; a turn's number (and its audio tags) is given at commit
         self._replies = 0  # replies started, speculative ones included (names their tasks)
@@ -161,8 +167,20 @@ class CallSession:
                     self._judged_early += 1
                 self._drop_speculation()
                 self.floor.caller_went_on()
+            elif isinstance(decision, Transcribe):
+                # Only on an idle model: it decodes one utterance at a time, and a gap the caller speaks on from
+                # wastes its run, which must not hold up a pause's (this call's or another's).
+                if not self.responder.transcriber.busy:
+                    self._early_words = (decision.speech_end_ms, self.responder.start_transcription(decision.audio))
+                    self._stt_runs += 1
             elif isinstance(decision, Speculate):
-                self._speculative = self._start_reply(decision.audio, decision.speech_end_ms, speculative=True)
+                words = None
+                if self._early_words is not None and self._early_words[0] == decision.speech_end_ms:
+                    words = self._early_words[1]  # no voiced frame since: the same words
+                else:
+                    self._stt_runs += 1
+                self._speculative = self._start_reply(decision.audio, decision.speech_end_ms, speculative=True,
+                                                      stt=words)
                 previous, self._last_pause = self._last_pause, (decision, self._speculative)
                 if self.judge is not None or self.floor.held:
                     self._judging = self._spawn(self._at_pause(self._speculative, decision, previous), "pause")
@@ -207,10 +225,11 @@ class CallSession:
     # -- turns ---------------------------------------------------------------------------------------------
 
     def _start_reply(self, audio: np.ndarray | None, speech_end_ms: int | None, speculative: bool,
-                     typed: str = "") -> Reply:
+                     typed: str = "", stt: asyncio.Future[Transcript] | None = None) -> Reply:
         self._replies += 1
         wall = self.turn_taking.wall_time_of(speech_end_ms) if speech_end_ms is not None else time.perf_counter()
-        reply = Reply(audio, wall, TurnTimings(self.call_sid, 0, speculative), speech_end_ms, user_text=typed)
+        reply = Reply(audio, wall, TurnTimings(self.call_sid, 0, speculative), speech_end_ms, user_text=typed,
+                      stt=stt)
         reply.task = self._spawn(self.responder.run(reply), f"reply{self._replies}")
         return reply
 
@@ -291,6 +310,7 @@ class CallSession:
         reply, self._speculative = self._speculative, None
         if reply is None or reply.failed:  # a speculation that failed (a model fault) gets one fresh try
             reply = self._start_reply(turn.audio, turn.speech_end_ms, speculative=False)
+            self._stt_runs += 1
             decided_after = None
         elif turn.by == "max_silence" and reply.judged_done:
             # Judged done, then the maximum silence ran out while its audio was still being made (a slow
@@ -301,6 +321,7 @@ class CallSession:
             time.perf_counter() - reply.speech_end_wall
         reply.timings.end_of_turn = turn.by
         reply.timings.judged_early, self._judged_early = self._judged_early, 0
+        reply.timings.stt_runs, self._stt_runs = self._stt_runs, 0
         await self._commit(reply)
 
     async def _commit(self, reply: Reply) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,11 @@ def whisper_input(audio_8k: np.ndarray) -> np.ndarray:
 class Transcriber(Protocol):
     def transcribe(self, audio_8k: np.ndarray) -> Transcript: ...
 
+    @property
+    def busy(self) -> bool:
+        """Transcribing now, for any call (another transcription would wait for it)."""
+        ...
+
 
 class WhisperTranscriber:
     """Loads one CTranslate2 whisper model; `transcribe` is blocking and safe to call from worker threads."""
@@ -103,8 +109,23 @@ class WhisperTranscriber:
         )
         self._prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
         self._suppressed = list(get_suppressed_tokens(self.tokenizer, [-1]))
+        self._running = 0  # transcriptions under way or queued (CTranslate2 decodes one at a time per worker)
+        self._running_lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self._running > 0
 
     def transcribe(self, audio_8k: np.ndarray) -> Transcript:
+        with self._running_lock:
+            self._running += 1
+        try:
+            return self._transcribe(audio_8k)
+        finally:
+            with self._running_lock:
+                self._running -= 1
+
+    def _transcribe(self, audio_8k: np.ndarray) -> Transcript:
         started = time.perf_counter()
         audio = whisper_input(audio_8k)
         if len(audio) / WHISPER_RATE > MAX_SHORT_WINDOW_SECONDS:

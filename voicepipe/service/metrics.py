@@ -55,6 +55,9 @@ class Metrics:
         self.judged_early = Counter("voicepipe_turns_judged_early", "Pauses judged the end of the turn that the "
                                     "caller then spoke on from, before the reply's audio was ready (a cut-in on a "
                                     "machine that has it ready sooner)", registry=self.registry)
+        self.stt_runs = Counter("voicepipe_stt_runs", "Whisper runs for caller turns: one at each pause, and one at "
+                                "each gap between words begun early that the caller spoke on from",
+                                registry=self.registry)
         self.errors = Counter("voicepipe_errors", "Errors, by where and what", ["stage", "kind"],
                               registry=self.registry)
         self.registry.register(_LlmBackendCollector(chat))
@@ -72,6 +75,7 @@ class Metrics:
             self.cut_ins.inc()
         self.false_alarms.inc(float(timings.get("false_alarms") or 0))
         self.judged_early.inc(float(timings.get("judged_early") or 0))
+        self.stt_runs.inc(float(timings.get("stt_runs") or 0))
 
     def error(self, stage: str, kind: str) -> None:
         self.errors.labels(stage, kind).inc()
