@@ -246,6 +246,10 @@ class FailingTranscriber:
         self.real = real
         self.first: np.ndarray | None = None
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.real.busy)  # type: ignore[attr-defined]
+
     def transcribe(self, audio):  # type: ignore[no-untyped-def]
         if self.first is None:
             self.first = audio[:8000].copy()

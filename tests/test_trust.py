@@ -108,6 +108,10 @@ class SwitchableTranscriber:
     def __init__(self, real: object) -> None:
         self.real, self.broken = real, True
 
+    @property
+    def busy(self) -> bool:
+        return bool(self.real.busy)  # type: ignore[attr-defined]
+
     def transcribe(self, audio):  # type: ignore[no-untyped-def]
         if self.broken:
             raise RuntimeError("injected STT fault")
