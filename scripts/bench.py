@@ -164,8 +164,9 @@ async def instant_commits(settings: Settings, models: Models, path: Path) -> lis
             if judge is None or turn_model is None:
                 pauses.append((settings.turn.end_of_turn_ms, None))
                 continue
-            early = quiet is not None and quiet.speech_end_ms == event.speech_end_ms  # the same words, as the server
-            transcript = models.transcriber.transcribe(quiet.audio if quiet is not None and early else event.audio)
+            # Whisper's words from where it began, as in the server (no voiced frame since: the same words).
+            began = quiet if quiet is not None and quiet.speech_end_ms == event.speech_end_ms else event
+            transcript = models.transcriber.transcribe(began.audio)
             words = transcript.text, transcript.avg_logprob
             judgment = await judge.judge(event.audio, asyncio.sleep(0, words), earlier)
             earlier = transcript.text
